@@ -133,9 +133,7 @@ class Balancer:
 
     def _available(self) -> list[int]:
         """The tier that may take a new flow now, honouring ``max_conns``."""
-        primaries = [
-            i for i in self._primary_up if not self._full(i)
-        ]
+        primaries = [i for i in self._primary_up if not self._full(i)]
         if primaries:
             return primaries
         return [i for i in self._backup_up if not self._full(i)]

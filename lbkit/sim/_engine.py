@@ -45,7 +45,9 @@ def _service_sampler(w: Workload, rng: random.Random) -> Callable[[], float]:
     short = mean / (1 - w.long_fraction + w.long_fraction * w.long_factor)
     long_ = short * w.long_factor
     p = w.long_fraction
-    return lambda: rng.expovariate(1.0 / long_) if rng.random() < p else rng.expovariate(1.0 / short)
+    return lambda: (
+        rng.expovariate(1.0 / long_) if rng.random() < p else rng.expovariate(1.0 / short)
+    )
 
 
 def simulate(
@@ -92,7 +94,7 @@ def simulate(
     ok_mask = np.ones(w.requests, dtype=bool)
     measured_from = int(w.requests * w.warmup)
     events = sorted(w.events)
-    needs_flow = balancer.needs_flow or bool(algorithm_options.get("flow"))
+    needs_flow = balancer.needs_flow
     client_ips = [f"198.18.{(c >> 8) & 255}.{c & 255}" for c in range(min(w.clients, 65536))]
 
     pick, on_start, on_finish = balancer.pick, balancer.on_start, balancer.on_finish
@@ -110,7 +112,9 @@ def simulate(
             left_in_batch = 1
             if w.arrivals == "bursty":
                 # Geometric batch size: P(size = m) = (1-p)^(m-1) p.
-                left_in_batch = 1 + int(math.log(1.0 - rnd()) / math.log(1.0 - batch_p)) if batch_p < 1 else 1
+                left_in_batch = (
+                    1 + int(math.log(1.0 - rnd()) / math.log(1.0 - batch_p)) if batch_p < 1 else 1
+                )
         left_in_batch -= 1
         while done_heap and done_heap[0][0] <= t:
             done, i, lat, ok = heappop(done_heap)

@@ -117,7 +117,9 @@ def remap_report(
     that is what keeps caches warm and connections unbroken when one server
     of many leaves. Algorithms without affinity reshuffle nearly everything.
     """
-    flows = [Flow(client_ip=f"198.18.{(k >> 8) & 255}.{k & 255}", key=f"user-{k}") for k in range(keys)]
+    flows = [
+        Flow(client_ip=f"198.18.{(k >> 8) & 255}.{k & 255}", key=f"user-{k}") for k in range(keys)
+    ]
     before_lb = make_balancer(algorithm, [_copy(b) for b in backends], seed=seed)
     after_lb = make_balancer(algorithm, [_copy(b) for b in backends], seed=seed)
     after_lb.set_state(removed, "down")
@@ -140,4 +142,6 @@ def remap_report(
 
 
 def _copy(b: Backend) -> Backend:
-    return Backend(b.name, weight=b.weight, backup=b.backup, max_conns=b.max_conns, address=b.address)
+    return Backend(
+        b.name, weight=b.weight, backup=b.backup, max_conns=b.max_conns, address=b.address
+    )
