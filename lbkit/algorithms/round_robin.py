@@ -29,10 +29,12 @@ class RoundRobin(Balancer):
         if not hasattr(self, "_pos"):
             self._pos = -1
             self._cw = 0
+        w0 = self.backends[0].weight
+        self._equal = all(b.weight == w0 for b in self.backends)
 
     def _choose(self, candidates: Sequence[int], flow: Flow | None, now: float) -> int:
         n = len(self.backends)
-        if len(candidates) == n and self._uniform(candidates):
+        if self._equal and len(candidates) == n:
             self._pos = (self._pos + 1) % n
             return self._pos
         allowed = set(candidates)
@@ -52,7 +54,3 @@ class RoundRobin(Balancer):
             if self._pos in allowed and weights[self._pos] >= self._cw:
                 return self._pos
         raise AssertionError("unreachable: a candidate always matches within one sweep")
-
-    def _uniform(self, candidates: Sequence[int]) -> bool:
-        w0 = self.backends[candidates[0]].weight
-        return all(self.backends[i].weight == w0 for i in candidates)

@@ -14,7 +14,7 @@ def supermarket_mean_time(load: float, d: int, terms: int = 64) -> float:
     * d = 1: T = 1 / (1 - load) (each server an M/M/1 queue);
     * d >= 2: T = sum_{i>=1} load^((d^i - d) / (d - 1)).
 
-    At load 0.9: 10.0 for d = 1, 2.6135 for d = 2.
+    At load 0.9: 10.0 for d = 1, 2.6141 for d = 2.
     """
     if not 0 < load < 1:
         raise ValueError(f"load must be within (0, 1), got {load}")

@@ -1,0 +1,54 @@
+# lbkit: two commands do all the set-up on a fresh machine.
+#   make lab-up   start the course (JupyterLab on 127.0.0.1) and, later, the lab
+#   make test     ruff, unit tests and every notebook (nbval)
+# Each target bootstraps .venv on its own when it is missing or older than pyproject.toml.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv system-deps lab-up lab-down lab-status test lint format bench clean
+
+help: ## this list
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) and installing lbkit with its course and test extras"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet -e '.[notebooks,dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create or refresh the virtual environment
+
+system-deps: ## install the system tools the labs use (Debian/Ubuntu as root), else say what is missing
+	@sh scripts/system-deps.sh
+
+lab-up: $(STAMP) system-deps ## start the course (JupyterLab on 127.0.0.1); prints its URL
+	@$(BIN)/lbkit course up
+
+lab-down: ## stop everything lab-up started and remove its state
+	@if [ -x $(BIN)/lbkit ]; then $(BIN)/lbkit course down; else echo "nothing to stop (no $(VENV))"; fi
+
+lab-status: $(STAMP) ## what is running
+	@$(BIN)/lbkit course status
+
+lint: $(STAMP) ## ruff over the code and the notebooks
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check lbkit tests bench
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	@$(BIN)/ruff check --fix .
+	@$(BIN)/ruff format lbkit tests bench
+
+test: $(STAMP) system-deps lint ## everything: ruff, unit tests, notebooks (nbval); in CI a skip fails the run
+	@$(BIN)/python -m pytest --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(STAMP) ## benchmarks (numbers for docs/benchmarks.md, not pass/fail)
+	@$(BIN)/python bench/bench_simulator.py
+
+clean: lab-down ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -1,0 +1,3 @@
+from lbkit.cli import main
+import sys
+sys.exit(main())
