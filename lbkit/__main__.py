@@ -1,3 +1,7 @@
-from lbkit.cli import main
+"""`python -m lbkit`: the same as the `lbkit` command."""
+
 import sys
+
+from lbkit.cli import main
+
 sys.exit(main())

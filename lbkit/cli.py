@@ -56,7 +56,9 @@ def _number_list(kind: type, text: str) -> list:
     try:
         values = [kind(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
     return values
@@ -83,27 +85,72 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--algorithm", "-a", default="power_of_two", metavar="NAME",
-                   help=f"one of: {', '.join(ALGORITHMS)} (default: power_of_two)")
-    p.add_argument("--backends", "-n", type=_positive_int, default=100, metavar="N",
-                   help="number of servers (default: 100)")
-    p.add_argument("--load", type=_positive_float, default=0.9,
-                   help="offered load as a fraction of total capacity (default: 0.9)")
-    p.add_argument("--requests", type=_positive_int, default=200_000, metavar="N",
-                   help="requests to simulate (default: 200000)")
+    p.add_argument(
+        "--algorithm",
+        "-a",
+        default="power_of_two",
+        metavar="NAME",
+        help=f"one of: {', '.join(ALGORITHMS)} (default: power_of_two)",
+    )
+    p.add_argument(
+        "--backends",
+        "-n",
+        type=_positive_int,
+        default=100,
+        metavar="N",
+        help="number of servers (default: 100)",
+    )
+    p.add_argument(
+        "--load",
+        type=_positive_float,
+        default=0.9,
+        help="offered load as a fraction of total capacity (default: 0.9)",
+    )
+    p.add_argument(
+        "--requests",
+        type=_positive_int,
+        default=200_000,
+        metavar="N",
+        help="requests to simulate (default: 200000)",
+    )
     p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
-    p.add_argument("--arrivals", choices=["poisson", "bursty"], default="poisson",
-                   help="arrival process (default: poisson)")
-    p.add_argument("--service", choices=["exponential", "deterministic", "lognormal", "bimodal"],
-                   default="exponential", help="service-time distribution (default: exponential)")
-    p.add_argument("--workers", type=int, default=1, metavar="C",
-                   help="requests each server works on at once; 0 = unlimited (default: 1)")
-    p.add_argument("--speeds", type=lambda t: _number_list(float, t), metavar="S1,S2,...",
-                   help="per-server speed, one value per backend (default: all 1)")
-    p.add_argument("--weights", type=lambda t: _number_list(int, t), metavar="W1,W2,...",
-                   help="per-server weight, one value per backend (default: all 1)")
-    p.add_argument("--warmup", type=float, default=0.1,
-                   help="fraction of requests left out of latency figures (default: 0.1)")
+    p.add_argument(
+        "--arrivals",
+        choices=["poisson", "bursty"],
+        default="poisson",
+        help="arrival process (default: poisson)",
+    )
+    p.add_argument(
+        "--service",
+        choices=["exponential", "deterministic", "lognormal", "bimodal"],
+        default="exponential",
+        help="service-time distribution (default: exponential)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="C",
+        help="requests each server works on at once; 0 = unlimited (default: 1)",
+    )
+    p.add_argument(
+        "--speeds",
+        type=lambda t: _number_list(float, t),
+        metavar="S1,S2,...",
+        help="per-server speed, one value per backend (default: all 1)",
+    )
+    p.add_argument(
+        "--weights",
+        type=lambda t: _number_list(int, t),
+        metavar="W1,W2,...",
+        help="per-server weight, one value per backend (default: all 1)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=0.1,
+        help="fraction of requests left out of latency figures (default: 0.1)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--plot", type=Path, metavar="PNG", help="also draw the result to this PNG")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -137,8 +184,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             for i in range(n)
         ]
         workload = Workload(
-            requests=args.requests, load=args.load, arrivals=args.arrivals,
-            service=args.service, warmup=args.warmup,
+            requests=args.requests,
+            load=args.load,
+            arrivals=args.arrivals,
+            service=args.service,
+            warmup=args.warmup,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -147,19 +197,33 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if show_progress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed:,}/"
-                      "{task.total:,}"), TimeRemainingColumn(), console=err,
-                      transient=True) as bar:
+        with Progress(
+            TextColumn("simulating"),
+            BarColumn(),
+            TextColumn("{task.completed:,}/{task.total:,}"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
             task = bar.add_task("sim", total=args.requests)
-            result = simulate(args.algorithm, servers, workload, seed=args.seed,
-                              progress=lambda done, _total: bar.update(task, completed=done))
+            result = simulate(
+                args.algorithm,
+                servers,
+                workload,
+                seed=args.seed,
+                progress=lambda done, _total: bar.update(task, completed=done),
+            )
     else:
         result = simulate(args.algorithm, servers, workload, seed=args.seed)
 
     theory = None
     supermarket = (
-        args.arrivals == "poisson" and args.service == "exponential" and args.workers == 1
-        and args.speeds is None and args.weights is None and args.load < 1
+        args.arrivals == "poisson"
+        and args.service == "exponential"
+        and args.workers == 1
+        and args.speeds is None
+        and args.weights is None
+        and args.load < 1
     )
     if supermarket and args.algorithm in ("random", "power_of_two"):
         theory = supermarket_mean_time(args.load, 1 if args.algorithm == "random" else 2)
@@ -192,8 +256,13 @@ def _print_result(result, theory: float | None, args: argparse.Namespace) -> Non
     for col in ("mean", "p50", "p95", "p99", "max queue", "errors", "refused"):
         t.add_column(col, justify="right")
     t.add_row(
-        f"{result.mean_latency:.3f}", f"{result.p50:.3f}", f"{result.p95:.3f}",
-        f"{result.p99:.3f}", str(result.max_queue), str(result.errors), str(result.refused),
+        f"{result.mean_latency:.3f}",
+        f"{result.p50:.3f}",
+        f"{result.p95:.3f}",
+        f"{result.p99:.3f}",
+        str(result.max_queue),
+        str(result.errors),
+        str(result.refused),
     )
     out.print(t)
     if theory is not None:
@@ -206,12 +275,21 @@ def _print_result(result, theory: float | None, args: argparse.Namespace) -> Non
             bt.add_column(col, justify="right")
         total = sum(served) or 1
         for b in result.backends:
-            bt.add_row(b.name, str(b.weight), f"{b.speed:g}", f"{b.served:,}",
-                       f"{b.served / total:.1%}", str(b.max_queue), f"{b.mean_latency:.3f}")
+            bt.add_row(
+                b.name,
+                str(b.weight),
+                f"{b.speed:g}",
+                f"{b.served:,}",
+                f"{b.served / total:.1%}",
+                str(b.max_queue),
+                f"{b.mean_latency:.3f}",
+            )
         out.print(bt)
     else:
-        out.print(f"served per backend: min {min(served):,}, max {max(served):,}, "
-                  f"mean {sum(served) / len(served):,.0f}")
+        out.print(
+            f"served per backend: min {min(served):,}, max {max(served):,}, "
+            f"mean {sum(served) / len(served):,.0f}"
+        )
     if args.plot:
         out.print(f"plot written to {args.plot}")
 
@@ -231,10 +309,18 @@ def _cmd_algorithms(args: argparse.Namespace) -> int:
 def _add_course(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("course", help="start, stop or show the course (JupyterLab on 127.0.0.1)")
     p.add_argument("action", choices=["up", "down", "status"])
-    p.add_argument("--state-dir", type=Path, default=Path(".lab"),
-                   help="where the running course is recorded (default: .lab)")
-    p.add_argument("--notebooks", type=Path, default=Path("notebooks"),
-                   help="folder to serve (default: notebooks)")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(".lab"),
+        help="where the running course is recorded (default: .lab)",
+    )
+    p.add_argument(
+        "--notebooks",
+        type=Path,
+        default=Path("notebooks"),
+        help="folder to serve (default: notebooks)",
+    )
     p.add_argument("--port", type=int, default=None, help="port (default: first free from 8888)")
     p.set_defaults(func=_cmd_course)
 

@@ -127,11 +127,15 @@ def up(
         cmd.append("--allow-root")  # JupyterLab refuses root without it
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    course = Course(pid=proc.pid, port=port, token=token, root=str(notebooks.resolve()),
-                    log=str(log.resolve()))
+    course = Course(
+        pid=proc.pid, port=port, token=token, root=str(notebooks.resolve()), log=str(log.resolve())
+    )
     (state_dir / STATE_FILE).write_text(json.dumps(asdict(course), indent=2))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
