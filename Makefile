@@ -18,8 +18,9 @@ help: ## this list
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing lbkit with its course and test extras"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --upgrade pip
-	@$(BIN)/python -m pip install --quiet -e '.[notebooks,dev]'
+	@$(BIN)/python -m pip install --quiet --upgrade pip > $(VENV)/install.log 2>&1 \
+		&& $(BIN)/python -m pip install -e '.[notebooks,dev]' >> $(VENV)/install.log 2>&1 \
+		|| { tail -n 30 $(VENV)/install.log; echo "pip install failed; full log: $(VENV)/install.log"; exit 1; }
 	@touch $(STAMP)
 
 venv: $(STAMP) ## create or refresh the virtual environment

@@ -16,14 +16,22 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def _skipped(config: pytest.Config) -> int:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    return len(reporter.stats.get("skipped", [])) if reporter else 0
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not _in_ci():
-        return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
-    if skipped and exitstatus == 0:
-        if reporter:
-            reporter.write_line(
-                f"CI: {skipped} test(s) skipped; a skip is a failure in CI", red=True
-            )
+    if _in_ci() and exitstatus == 0 and _skipped(session.config):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    skipped = _skipped(config)
+    if _in_ci() and skipped:
+        terminalreporter.section("CI", red=True)
+        terminalreporter.write_line(
+            f"{skipped} test(s) skipped: in CI a skip is a failure (CI runs as root and "
+            "`make test` installs what tests need)",
+            red=True,
+        )

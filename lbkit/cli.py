@@ -328,7 +328,7 @@ def _add_course(sub: argparse._SubParsersAction) -> None:
 def _cmd_course(args: argparse.Namespace) -> int:
     from lbkit import course
 
-    out = Console()
+    out = Console(soft_wrap=True)  # never break the URL across lines
     if args.action == "down":
         stopped = course.down(args.state_dir)
         with_state = args.state_dir

@@ -153,7 +153,7 @@ def down(state_dir: Path, *, grace: float = 10.0) -> bool:
     """Stop the course recorded in ``state_dir``; True if something was stopped.
 
     SIGTERM to the process group, then SIGKILL after ``grace`` seconds.
-    The state file is removed in every case.
+    The state file and the server's log are removed in every case.
     """
     path = state_dir / STATE_FILE
     try:
@@ -171,6 +171,7 @@ def down(state_dir: Path, *, grace: float = 10.0) -> bool:
         # Kernels live in the same group: make sure none outlives the server.
         _signal_group(course.pid, signal.SIGKILL)
     path.unlink(missing_ok=True)
+    Path(course.log).unlink(missing_ok=True)
     return stopped
 
 

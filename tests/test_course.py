@@ -41,6 +41,7 @@ def test_course_up_serves_notebooks_and_down_stops_it(tmp_path):
     assert stopped
     assert not alive(started.pid)
     assert not (state / course.STATE_FILE).exists()
+    assert not Path(started.log).exists()
     assert course.status(state) is None
 
 

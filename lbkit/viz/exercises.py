@@ -1,0 +1,116 @@
+"""Checkers for the algorithms chapter's exercises.
+
+Each ``check_*`` returns a :class:`Verdict`: true when the answer is right,
+shown (and ``str``-ed) as ``correct`` or as a hint that never gives the answer
+away. A notebook cell that ends with the call displays it; ``print`` works
+too. The truth is computed from lbkit itself where it can be, so the
+exercises cannot drift from the code they teach.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+from lbkit.algorithms import Backend, make_balancer
+
+#: Exercise 2's choices: what breaks stickiness that hashes the client address.
+STICKY_CHOICES: dict[str, str] = {
+    "a": "the user opens the site in a second browser tab",
+    "b": "the user's IP address changes (phone hops from Wi-Fi to 4G), or the pool changes size",
+    "c": "the backend the user sits on gets slower",
+    "d": "the browser switches from HTTP/1.1 to HTTP/2",
+}
+_STICKY_RIGHT = "b"
+_HASHES_CLIENT = ("ip_hash", "ring_hash", "maglev")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of a check: ``bool(v)`` says if the answer was right."""
+
+    ok: bool
+    message: str
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __str__(self) -> str:
+        return self.message
+
+    __repr__ = __str__
+
+
+def _say(ok: bool, hint: str) -> Verdict:
+    return Verdict(ok, "correct" if ok else f"not yet: {hint}")
+
+
+def wrr_truth(weights: Sequence[int] = (3, 1), n: int = 8) -> str:
+    """The first ``n`` picks of smooth WRR over backends a, b, ... with ``weights``."""
+    names = "abcdefghij"[: len(weights)]
+    lb = make_balancer(
+        "weighted_round_robin",
+        [Backend(nm, weight=w) for nm, w in zip(names, weights, strict=True)],
+    )
+    return "".join(lb.pick().name for _ in range(n))
+
+
+def check_wrr_sequence(answer: str | Sequence[str] | None) -> Verdict:
+    """Exercise 1: the first 8 picks of smooth WRR for a (weight 3) and b (weight 1)."""
+    if answer is None:
+        return _say(False, "write the 8 picks as a string such as 'abababab'")
+    text = "".join(answer).lower()
+    picks = "".join(ch for ch in text if ch in "ab")
+    truth = wrr_truth()
+    if picks == truth:
+        return _say(True, "")
+    if len(picks) != len(truth):
+        return _say(False, f"give exactly {len(truth)} picks, each 'a' or 'b'")
+    if picks == "aaabaaab":
+        return _say(False, "that is IPVS's bursty order; nginx adds each weight and subtracts 4")
+    return _say(False, "run the counters: add 3 to a and 1 to b, the larger wins, subtract 4")
+
+
+def sticky_choices() -> None:
+    """Print exercise 2's choices."""
+    for letter, text in STICKY_CHOICES.items():
+        print(f"({letter}) {text}")
+
+
+def check_sticky(algorithm: str | None, breaks: str | None) -> Verdict:
+    """Exercise 2: what keeps a user on one backend without cookies, and what breaks it."""
+    algo = (algorithm or "").strip().lower().replace(" ", "_").replace("-", "_")
+    if algo not in _HASHES_CLIENT:
+        return _say(False, "which algorithm decides from the client's address alone?")
+    letter = (breaks or "").strip().lower().strip("()")
+    if letter not in STICKY_CHOICES:
+        return _say(False, f"pick one letter of {', '.join(STICKY_CHOICES)}")
+    if letter != _STICKY_RIGHT:
+        return _say(False, "what is the one input the hash depends on, and when can it change?")
+    return _say(True, "")
+
+
+def _as_fraction(answer: float | str) -> float:
+    if isinstance(answer, str):
+        text = answer.strip().rstrip("%")
+        value = float(Fraction(text))
+        return value / 100 if answer.strip().endswith("%") else value
+    return float(answer)
+
+
+def check_ring_fraction(answer: float | str | None) -> Verdict:
+    """Exercise 3: the fraction of keys that move when 1 of 5 ring backends leaves."""
+    if answer is None:
+        return _say(False, "give a number such as 0.5, '1/2' or '50%'")
+    try:
+        value = _as_fraction(answer)
+    except (ValueError, ZeroDivisionError):
+        return _say(False, "give a number such as 0.5, '1/2' or '50%'")
+    if abs(value - 1 / 5) <= 0.03:
+        return _say(True, "")
+    if value == 0:
+        return _say(False, "the leaving backend's keys must go somewhere")
+    if value > 0.5:
+        return _say(False, "that is a reshuffle, as round robin does; a ring moves only some keys")
+    return _say(False, "which keys lose their backend, and what share of keys did it own?")
