@@ -63,6 +63,8 @@ def _alive(pid: int) -> bool:
 def _free_port(start: int) -> int:
     for port in range(start, start + 100):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # As the server will bind: a port in TIME_WAIT is free to it.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:

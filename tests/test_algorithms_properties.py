@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,12 +51,13 @@ def test_ipvs_style_round_robin_does_burst():
     assert first == ["a"] * 20  # 20 in a row where the exact share is 20 x 20/22
 
 
-@settings(max_examples=30, deadline=None)
-@given(weights_st.filter(lambda w: len(w) >= 2), st.integers(0, 2**32))
-def test_random_shares_converge_to_weights(weights, seed):
-    """Idle backends: random draws converge to weight / total within 3 points."""
+@pytest.mark.parametrize("name", ["random", "power_of_two"])
+@settings(max_examples=20, deadline=None)
+@given(weights=weights_st.filter(lambda w: len(w) >= 2), seed=st.integers(0, 2**32))
+def test_random_draws_converge_to_weights(name, weights, seed):
+    """Idle backends: weighted random draws converge to weight / total within 3 points."""
     backends = [Backend(f"b{i}", weight=w) for i, w in enumerate(weights)]
-    lb = make_balancer("random", backends, seed=seed)
+    lb = make_balancer(name, backends, seed=seed)
     got = Counter(lb.pick().name for _ in range(20000))
     total = sum(weights)
     for i, w in enumerate(weights):
