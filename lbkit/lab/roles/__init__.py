@@ -1,0 +1,1 @@
+"""What runs inside each lab host, by role."""

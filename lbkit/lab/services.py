@@ -1,0 +1,88 @@
+"""Which services each role runs, and where they listen under each provider.
+
+Pure. With network namespaces and docker every host has its own address, so
+services use their standard ports. With the ``local`` provider every host is
+a process on loopback: it gets its own 127.0.1.x address where the system
+has them (Linux routes all of 127.0.0.0/8 to lo), and ports below 1024 move
+up by 8000 so no root is needed (80 -> 8080). Where only 127.0.0.1 exists
+(macOS), each host gets its own block of ports instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .topology import Host, Topology
+
+
+@dataclass(frozen=True)
+class Service:
+    """One listening socket of a role."""
+
+    name: str
+    proto: str  # "tcp" | "udp"
+    port: int
+    description: str
+
+
+BACKEND_SERVICES = (
+    Service("http", "tcp", 80, "HTTP: answers with its name; /echo, /healthz"),
+    Service("http-alt", "tcp", 3000, "the same HTTP server on :3000 (the seed's nginx upstream port)"),
+    Service("line", "tcp", 7000, "line-based TCP: each line comes back as 'NAME: line'"),
+    Service("echo", "udp", 7, "UDP echo (RFC 862), prefixed with 'NAME: '"),
+)
+PLACEHOLDER_SERVICES = (
+    Service("http", "tcp", 80, "placeholder page: this tier arrives in a later chapter"),
+)
+
+ROLE_SERVICES: dict[str, tuple[Service, ...]] = {
+    "client": (),
+    "tools": (),
+    "backend": BACKEND_SERVICES,
+    "l4": PLACEHOLDER_SERVICES,
+    "l7": PLACEHOLDER_SERVICES,
+}
+
+#: ``addressing`` values: how a host's services are bound and reached.
+ADDRESSINGS = ("native", "loopback", "loopback-shared")
+
+LOCAL_PORT_SHIFT = 8000
+SHARED_PORT_BASE = 20000
+
+
+def services_of(host: Host) -> tuple[Service, ...]:
+    return ROLE_SERVICES[host.role]
+
+
+def endpoint(topology: Topology, host: Host, service: Service, addressing: str) -> tuple[str, int]:
+    """The ``(ip, port)`` where ``service`` of ``host`` is reached.
+
+    * ``native`` (netns, docker): the host's own address, the standard port.
+    * ``loopback`` (local, Linux): ``127.0.1.<n>`` with ``n`` the host's place
+      in the file + 2 (so .1 stays free), ports < 1024 shifted by 8000.
+    * ``loopback-shared`` (local, macOS): 127.0.0.1 and a port block per host:
+      20000 + 10 x place + the service's index in its role.
+    """
+    if addressing == "native":
+        return host.ip, service.port
+    place = list(topology.hosts).index(host.name)
+    if addressing == "loopback":
+        port = service.port + LOCAL_PORT_SHIFT if service.port < 1024 else service.port
+        return f"127.0.1.{place + 2}", port
+    if addressing == "loopback-shared":
+        index = services_of(host).index(service)
+        return "127.0.0.1", SHARED_PORT_BASE + 10 * place + index
+    raise ValueError(f"unknown addressing {addressing!r}; expected one of {', '.join(ADDRESSINGS)}")
+
+
+def bind_address(addressing: str, topology: Topology, host: Host, service: Service) -> tuple[str, int]:
+    """Where the host's process binds: all addresses natively, its loopback address locally."""
+    ip, port = endpoint(topology, host, service, addressing)
+    return ("0.0.0.0", port) if addressing == "native" else (ip, port)
+
+
+def service_named(host: Host, name: str) -> Service:
+    for s in services_of(host):
+        if s.name == name:
+            return s
+    raise KeyError(f"{host.name} ({host.role}) has no service {name!r}")
