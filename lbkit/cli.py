@@ -17,6 +17,7 @@ from rich.table import Table
 
 from lbkit import __version__
 from lbkit.algorithms import ALGORITHMS, NGINX_DIRECTIVE
+from lbkit.lab.errors import LabError
 
 EXIT_USAGE = 2
 
@@ -368,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
         func=_cmd_algorithms
     )
     _add_course(sub)
+    from lbkit.lab.cli import add_lab_parser
+
+    add_lab_parser(sub)
     return parser
 
 
@@ -379,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.func(args)
-    except UsageError as e:
+    except (UsageError, LabError) as e:
         print(f"lbkit {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -9,11 +9,9 @@ from the notebooks go too.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +20,9 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from lbkit._proc import alive as _alive
+from lbkit._proc import stop_group
 
 DEFAULT_PORT = 8888
 STATE_FILE = "course.json"
@@ -44,20 +45,6 @@ class Course:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/lab?token={self.token}"
-
-
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-        if done == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _free_port(start: int) -> int:
@@ -163,20 +150,7 @@ def down(state_dir: Path, *, grace: float = 10.0) -> bool:
     except (FileNotFoundError, ValueError, TypeError):
         path.unlink(missing_ok=True)
         return False
-    stopped = False
-    if _alive(course.pid):
-        stopped = True
-        _signal_group(course.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while _alive(course.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        # Kernels live in the same group: make sure none outlives the server.
-        _signal_group(course.pid, signal.SIGKILL)
+    stopped = stop_group(course.pid, grace)
     path.unlink(missing_ok=True)
     Path(course.log).unlink(missing_ok=True)
     return stopped
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 
 def host_command(
-    host: str, topology_path: str, state_dir: str, addressing: str, program: tuple[str, ...] = ("lbkit",)
+    host: str,
+    topology_path: str,
+    state_dir: str,
+    addressing: str,
+    program: tuple[str, ...] = ("lbkit",),
 ) -> list[str]:
     """argv for ``lbkit lab host``: start ``host``'s role services and serve until SIGTERM."""
     return [

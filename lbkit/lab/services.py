@@ -27,7 +27,9 @@ class Service:
 
 BACKEND_SERVICES = (
     Service("http", "tcp", 80, "HTTP: answers with its name; /echo, /healthz"),
-    Service("http-alt", "tcp", 3000, "the same HTTP server on :3000 (the seed's nginx upstream port)"),
+    Service(
+        "http-alt", "tcp", 3000, "the same HTTP server on :3000 (the seed's nginx upstream port)"
+    ),
     Service("line", "tcp", 7000, "line-based TCP: each line comes back as 'NAME: line'"),
     Service("echo", "udp", 7, "UDP echo (RFC 862), prefixed with 'NAME: '"),
 )
@@ -75,7 +77,9 @@ def endpoint(topology: Topology, host: Host, service: Service, addressing: str) 
     raise ValueError(f"unknown addressing {addressing!r}; expected one of {', '.join(ADDRESSINGS)}")
 
 
-def bind_address(addressing: str, topology: Topology, host: Host, service: Service) -> tuple[str, int]:
+def bind_address(
+    addressing: str, topology: Topology, host: Host, service: Service
+) -> tuple[str, int]:
     """Where the host's process binds: all addresses natively, its loopback address locally."""
     ip, port = endpoint(topology, host, service, addressing)
     return ("0.0.0.0", port) if addressing == "native" else (ip, port)

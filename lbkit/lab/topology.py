@@ -207,7 +207,9 @@ def _parse_host(hname: str, hdata: Any, segments: dict[str, Segment], fail) -> H
         raise fail(key, "expected a table")
     unknown = set(hdata) - HOST_KEYS
     if unknown:
-        raise fail(f"{key}.{sorted(unknown)[0]}", f"unknown key (expected {', '.join(sorted(HOST_KEYS))})")
+        raise fail(
+            f"{key}.{sorted(unknown)[0]}", f"unknown key (expected {', '.join(sorted(HOST_KEYS))})"
+        )
     role = hdata.get("role")
     if role not in ROLES:
         raise fail(f"{key}.role", f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
@@ -227,13 +229,17 @@ def _parse_host(hname: str, hdata: Any, segments: dict[str, Segment], fail) -> H
         if seg is None:
             raise fail(f"{key}.addresses", f"{ip} is in no segment's subnet")
         if ip in (seg.subnet.network_address, seg.subnet.broadcast_address):
-            raise fail(f"{key}.addresses", f"{ip} is the network or broadcast address of {seg.subnet}")
+            raise fail(
+                f"{key}.addresses", f"{ip} is the network or broadcast address of {seg.subnet}"
+            )
         if ip == seg.gateway_reserved:
             raise fail(f"{key}.addresses", f"{ip} is reserved (.1 stays free for docker's gateway)")
         if seg.name in used_segments:
             raise fail(f"{key}.addresses", f"two addresses on segment {seg.name!r}")
         used_segments.add(seg.name)
-        interfaces.append(Interface(i, seg.name, ipaddress.IPv4Interface(f"{ip}/{seg.subnet.prefixlen}")))
+        interfaces.append(
+            Interface(i, seg.name, ipaddress.IPv4Interface(f"{ip}/{seg.subnet.prefixlen}"))
+        )
     gateway = None
     if "gateway" in hdata:
         try:

@@ -1,0 +1,395 @@
+"""``Lab``: bring a topology up on a provider, use it, and take it down.
+
+The same API serves the CLI, the notebooks and the tests::
+
+    with Lab("labs/basic.toml", state_dir=tmp) as lab:
+        print(lab.exec("client", ["curl", "-s", lab.url("api1")]).stdout)
+
+``up`` is idempotent; ``down`` removes every namespace, interface and
+process the lab made (found through the intent log in ``STATE/lab.json``
+and the lab's namespace prefix), also after an ``up`` that was killed.
+A failed ``up`` takes down what it built before it raises.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from lbkit._proc import alive, stop_group
+
+from .errors import LabError
+from .hostcmd import control_socket, host_command
+from .providers import local as local_provider
+from .providers import netns as netns_provider
+from .services import endpoint, service_named, services_of
+from .state import LabState, lab_prefix
+from .topology import Host, Topology, load_topology
+
+PROVIDERS = ("auto", "netns", "local")
+READY_TIMEOUT = 20.0
+Progress = Callable[[str], None]
+
+
+def default_provider() -> str:
+    """netns when root on Linux, else local (docker is only ever asked for)."""
+    linux = sys.platform.startswith("linux")
+    return "netns" if linux and hasattr(os, "geteuid") and os.geteuid() == 0 else "local"
+
+
+class Lab:
+    """A lab topology on a provider, with its state under ``state_dir``."""
+
+    def __init__(
+        self,
+        topology: str | Path | Topology = "labs/layered.toml",
+        *,
+        provider: str = "auto",
+        state_dir: str | Path = ".lab",
+    ) -> None:
+        if provider not in PROVIDERS:
+            raise LabError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}")
+        self.state_dir = Path(state_dir).resolve()
+        if isinstance(topology, Topology):
+            self.topology = topology
+            self.topology_path = Path(topology.source).resolve()
+        else:
+            self.topology_path = Path(topology).resolve()
+            self.topology = load_topology(topology)
+        self.provider = default_provider() if provider == "auto" else provider
+        self.prefix = lab_prefix(self.state_dir)
+        self.addressing = "native" if self.provider == "netns" else None
+
+    # ------------------------------------------------------------- lifecycle
+    @classmethod
+    def attach(cls, state_dir: str | Path = ".lab") -> Lab:
+        """The lab currently recorded in ``state_dir`` (LabError if none)."""
+        state = LabState.load(Path(state_dir))
+        if state is None:
+            raise LabError(f"no lab is up in {state_dir} (start one with: lbkit lab up)")
+        lab = cls(state.topology, provider=state.provider, state_dir=state_dir)
+        lab.addressing = state.addressing
+        return lab
+
+    def __enter__(self) -> Lab:
+        return self.up()
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def plan(self) -> list[str]:
+        """The commands ``up`` amounts to, for ``--dry-run``."""
+        if self.provider == "netns":
+            cmds = [s.command for s in netns_provider.plan(self.topology, self.prefix)]
+            prefix = netns_provider.exec_prefix
+        else:
+            cmds = [f"# {local_provider.NOTICE}"]
+            prefix = lambda _p, _h: []  # noqa: E731
+        for host in self.topology.hosts.values():
+            argv = [*prefix(self.prefix, host.name), *self._host_argv(host.name, "lbkit")]
+            cmds.append(" ".join(argv) + " &")
+        return cmds
+
+    def up(self, progress: Progress | None = None) -> Lab:
+        """Build the network and start every host; return when all answer."""
+        say = progress or (lambda _msg: None)
+        state = LabState.load(self.state_dir)
+        if state is not None:
+            if state.topology != str(self.topology_path) or state.provider != self.provider:
+                raise LabError(
+                    f"another lab is up in {self.state_dir} ({Path(state.topology).name}, "
+                    f"{state.provider}): run `lbkit lab down` first"
+                )
+            if state.complete and self._healthy(state):
+                self.addressing = state.addressing
+                say("already up")
+                return self
+            say("cleaning up a lab that did not finish")
+            self.down()
+        if self.provider == "netns":
+            netns_provider.require_root_and_tools()
+            self._clear_leftovers()
+        else:
+            self.addressing = local_provider.loopback_addressing()
+            self._check_ports()
+        state = LabState(
+            topology=str(self.topology_path),
+            provider=self.provider,
+            prefix=self.prefix,
+            addressing=self.addressing or "native",
+        )
+        state.save(self.state_dir)
+        try:
+            if self.provider == "netns":
+                say(f"building {len(self.topology.hosts)} namespaces")
+                for step in netns_provider.plan(self.topology, self.prefix):
+                    if step.namespace:
+                        state.namespaces.append(step.namespace)
+                        state.save(self.state_dir)
+                    step.apply()
+            say("starting hosts")
+            self._start_hosts(state)
+            self._wait_ready(state)
+        except BaseException:
+            self.down()
+            raise
+        state.complete = True
+        state.save(self.state_dir)
+        say("up")
+        return self
+
+    def down(self) -> bool:
+        """Stop and remove everything this lab made; True if anything was there."""
+        state = LabState.load(self.state_dir)
+        found = state is not None
+        if state is not None:
+            for pid in [*state.forwards.values(), *state.processes.values()]:
+                stop_group(pid, grace=3.0)
+            namespaces = list(state.namespaces)
+        else:
+            namespaces = []
+        if self.provider == "netns" and os.geteuid() == 0:
+            namespaces += [n for n in netns_provider.list_namespaces() if self._ours(n)]
+        # Hosts first (their veths vanish with them), the switch last.
+        sw = netns_provider.switch_name(self.prefix)
+        for ns in sorted(set(namespaces), key=lambda n: n == sw):
+            found = True
+            netns_provider.delete_namespace(ns)
+        LabState.remove(self.state_dir)
+        shutil.rmtree(self.state_dir / "hosts", ignore_errors=True)
+        return found
+
+    def _ours(self, ns: str) -> bool:
+        return ns.startswith(f"{self.prefix}-")
+
+    def _clear_leftovers(self) -> None:
+        for ns in netns_provider.list_namespaces():
+            if self._ours(ns):
+                netns_provider.delete_namespace(ns)
+
+    def _check_ports(self) -> None:
+        for host in self.topology.hosts.values():
+            for svc in services_of(host):
+                ip, port = endpoint(self.topology, host, svc, self.addressing)
+                if not local_provider.port_free(ip, port, svc.proto):
+                    raise LabError(
+                        f"{ip}:{port}/{svc.proto} ({host.name} {svc.name}) is in use: stop "
+                        "what uses it, or run `lbkit lab down` if it is an old lab"
+                    )
+
+    # ----------------------------------------------------------------- hosts
+    def _host_argv(self, host: str, *program: str) -> list[str]:
+        return host_command(
+            host,
+            str(self.topology_path),
+            str(self.state_dir),
+            self.addressing or "loopback",
+            program=program or (sys.executable, "-m", "lbkit"),
+        )
+
+    def exec_prefix(self, host: str) -> list[str]:
+        """argv prefix that runs a command inside ``host``."""
+        self.topology.host(host)
+        if self.provider == "netns":
+            return netns_provider.exec_prefix(self.prefix, host)
+        return []
+
+    def _start_hosts(self, state: LabState) -> None:
+        logs = self.state_dir / "hosts"
+        logs.mkdir(parents=True, exist_ok=True)
+        for host in self.topology.hosts.values():
+            argv = [
+                *self.exec_prefix(host.name),
+                *self._host_argv(host.name, sys.executable, "-m", "lbkit"),
+            ]
+            with open(logs / f"{host.name}.log", "wb") as log:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            state.processes[host.name] = proc.pid
+            state.save(self.state_dir)
+
+    def _wait_ready(self, state: LabState) -> None:
+        from .control import send_control
+
+        deadline = time.monotonic() + READY_TIMEOUT
+        waiting = dict(state.processes)
+        while waiting:
+            for name, pid in list(waiting.items()):
+                if not alive(pid):
+                    raise LabError(f"host {name} exited while starting: {self._log_tail(name)}")
+                try:
+                    if send_control(self.control_path(name), {"op": "status"}, timeout=1.0)["ok"]:
+                        del waiting[name]
+                except LabError:
+                    pass
+            if waiting and time.monotonic() > deadline:
+                raise LabError(f"hosts not ready after {READY_TIMEOUT:.0f} s: {', '.join(waiting)}")
+            if waiting:
+                time.sleep(0.05)
+
+    def _healthy(self, state: LabState) -> bool:
+        if not all(alive(pid) for pid in state.processes.values()):
+            return False
+        if self.provider == "netns":
+            present = set(netns_provider.list_namespaces())
+            return all(ns in present for ns in state.namespaces)
+        return True
+
+    def _log_tail(self, host: str) -> str:
+        try:
+            lines = (self.state_dir / "hosts" / f"{host}.log").read_text().strip().splitlines()
+        except FileNotFoundError:
+            return "(no log)"
+        return lines[-1] if lines else "(empty log)"
+
+    # --------------------------------------------------------------- using it
+    def control_path(self, host: str) -> str:
+        return control_socket(str(self.state_dir), host)
+
+    def endpoint(self, host: str, service: str = "http") -> tuple[str, int]:
+        """``(ip, port)`` where ``host``'s ``service`` is reached under this provider."""
+        h = self.topology.host(host)
+        try:
+            svc = service_named(h, service)
+        except KeyError as e:
+            raise LabError(str(e.args[0])) from None
+        return endpoint(self.topology, h, svc, self.addressing or "native")
+
+    def url(self, host: str, path: str = "/", service: str = "http") -> str:
+        ip, port = self.endpoint(host, service)
+        return f"http://{ip}{'' if port == 80 else f':{port}'}{path}"
+
+    def exec(
+        self, host: str, argv: Sequence[str], *, timeout: float = 30.0, check: bool = False
+    ) -> subprocess.CompletedProcess:
+        """Run ``argv`` inside ``host``; capture its output as text."""
+        try:
+            return subprocess.run(
+                [*self.exec_prefix(host), *argv],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=check,
+            )
+        except FileNotFoundError:
+            raise LabError(f"{argv[0]}: command not found (inside {host})") from None
+
+    def backend(self, host: str, mode: str | None = None, **options: object) -> dict:
+        """A host's status from its control channel; with ``mode``, switch it first."""
+        from .control import send_control
+
+        self.topology.host(host)
+        request: dict[str, object] = {"op": "status"}
+        if mode is not None:
+            request = {"op": "set-mode", "mode": mode, **options}
+        reply = send_control(self.control_path(host), request)
+        if not reply.get("ok"):
+            raise LabError(f"{host}: {reply.get('error', 'refused')}")
+        return reply
+
+    def forward(self, host: str, service: str = "http", local_port: int = 0) -> tuple[str, int]:
+        """Make ``host``'s service reachable from this machine; return ``(url, relay pid)``.
+
+        netns: a relay on 127.0.0.1 connecting from inside the lab's client
+        host (see :mod:`lbkit.lab.relay`); recorded, and stopped by ``down``.
+        local: the service already listens on loopback, so its own URL (pid 0).
+        """
+        ip, port = self.endpoint(host, service)
+        if self.provider != "netns":
+            return f"http://{ip}:{port}/", 0
+        state = LabState.load(self.state_dir)
+        if state is None or not state.complete:
+            raise LabError("the lab is not up (start it with: lbkit lab up)")
+        clients = self.topology.by_role("client") or self.hosts()
+        via = netns_provider.ns_name(self.prefix, clients[0].name)
+        argv = [sys.executable, "-m", "lbkit.lab.relay", str(local_port), ip, str(port), via]
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            text=True,
+        )
+        line = proc.stdout.readline().strip() if proc.stdout else ""
+        if not line.startswith("listening "):
+            stop_group(proc.pid)
+            raise LabError(f"forward to {host}:{port} failed: {line or 'relay exited'}")
+        state.forwards[f"{host}:{port}@{line.rsplit(':', 1)[1]}"] = proc.pid
+        state.save(self.state_dir)
+        return f"http://{line.split()[1]}/", proc.pid
+
+    def capture(
+        self,
+        hosts: Sequence[str],
+        out_dir: str | Path,
+        *,
+        count: int | None = None,
+        filter: str | None = None,
+    ):
+        """A :class:`~lbkit.lab.capture.Capture` on ``hosts`` (use it as a context manager).
+
+        Each host records on its only interface (``eth0``, with Ethernet
+        headers) or on ``any`` when it has several. netns only: with the
+        local provider every host shares this machine's loopback.
+        """
+        from .capture import Capture
+
+        if self.provider != "netns":
+            raise LabError(
+                "per-host captures need the netns provider (Linux, root); with the local "
+                "provider all hosts share loopback: run `tcpdump -i lo` yourself"
+            )
+        chosen = [self.topology.host(h) for h in hosts]
+        return Capture(
+            {h.name: self.exec_prefix(h.name) for h in chosen},
+            out_dir,
+            interfaces={h.name: "eth0" if len(h.interfaces) == 1 else "any" for h in chosen},
+            count=count,
+            filter=filter,
+        )
+
+    def hosts(self) -> list[Host]:
+        return list(self.topology.hosts.values())
+
+    def status(self) -> dict:
+        """Plain data: the lab, each host with its addresses, process and state."""
+        state = LabState.load(self.state_dir)
+        rows = []
+        for host in self.hosts():
+            pid = state.processes.get(host.name) if state else None
+            row = {
+                "name": host.name,
+                "role": host.role,
+                "addresses": [itf.ip for itf in host.interfaces],
+                "pid": pid,
+                "running": bool(pid and alive(pid)),
+                "services": {
+                    s.name: "{}:{}/{}".format(
+                        *endpoint(self.topology, host, s, self.addressing or "native"), s.proto
+                    )
+                    for s in services_of(host)
+                },
+            }
+            if self.provider == "netns":
+                row["namespace"] = netns_provider.ns_name(self.prefix, host.name)
+            rows.append(row)
+        return {
+            "topology": self.topology.name,
+            "file": str(self.topology_path),
+            "provider": self.provider,
+            "addressing": self.addressing,
+            "state_dir": str(self.state_dir),
+            "up": bool(state and state.complete),
+            "hosts": rows,
+        }

@@ -1,0 +1,1 @@
+"""Providers: the ways one topology is brought to life (netns, local, docker)."""

@@ -1,0 +1,132 @@
+"""``lbkit lab host``: run one host's role until SIGTERM, whichever provider hosts it.
+
+Picks the server by role (``backend``; ``l4``/``l7`` placeholders; ``client``
+and ``tools`` idle with only the control channel), binds each service where
+:func:`lbkit.lab.services.bind_address` says, prints ``ready NAME`` once every
+listener is up, and on SIGTERM or SIGINT closes everything and returns (exit
+code 0). Runs on uvloop when it is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ..errors import LabError
+from ..hostcmd import control_socket
+from ..hostsetup import ensure_gateway
+from ..services import bind_address, service_named
+from ..topology import Host, Topology
+from .backend_core import DEFAULT_SLOW_DELAY, RoleState, check_mode, check_slow_delay
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when importable, else None (asyncio's default)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+async def serve_idle(
+    name: str, role: str, control_path: str, on_ready: Callable[[], None] | None = None
+) -> None:
+    """Roles with no services (client, tools): only the control channel, mode ``idle``."""
+    from ..control import control_server
+    from .backend_core import handle_control
+
+    state = RoleState(name, role=role, mode="idle", modes=(), requests={})
+
+    async def on_control(request: Any) -> dict[str, Any]:
+        return handle_control(state, request)
+
+    async with control_server(control_path, on_control):
+        if on_ready is not None:
+            on_ready()
+        await asyncio.Event().wait()
+
+
+def role_main(
+    topology: Topology, host: Host, state_dir: str, addressing: str, on_ready: Callable[[], None]
+) -> Coroutine[Any, Any, None]:
+    """The coroutine serving ``host``'s role; LabError for bad host options."""
+    control = control_socket(state_dir, host.name)
+
+    def addr(service: str) -> tuple[str, int]:
+        return bind_address(addressing, topology, host, service_named(host, service))
+
+    if host.role == "backend":
+        key = f"{topology.source}: hosts.{host.name}.options"
+        try:
+            mode = check_mode(host.options.get("mode", "healthy"))
+        except ValueError as e:
+            raise LabError(f"{key}.mode: {e}") from None
+        try:
+            delay = check_slow_delay(host.options.get("slow_delay", DEFAULT_SLOW_DELAY))
+        except ValueError as e:
+            raise LabError(f"{key}.slow_delay: {e}") from None
+        from .backend import serve_backend
+
+        return serve_backend(
+            host.name,
+            [addr("http"), addr("http-alt")],
+            addr("line"),
+            addr("echo"),
+            control,
+            mode=mode,
+            slow_delay=delay,
+            on_ready=on_ready,
+        )
+    if host.role in ("l4", "l7"):
+        from .placeholder import serve_placeholder
+
+        return serve_placeholder(host.name, host.role, [addr("http")], control, on_ready)
+    return serve_idle(host.name, host.role, control, on_ready)
+
+
+async def until_signal(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main``; SIGTERM or SIGINT cancels it and this returns normally."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(main)
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        stopping = True
+        task.cancel()
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop)
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not stopping:
+            raise
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def run_role(topology: Topology, host: Host | str, state_dir: str, addressing: str) -> None:
+    """Serve ``host``'s role until SIGTERM/SIGINT; print ``ready NAME`` once listening.
+
+    Blocking; call it from the main thread (it installs signal handlers).
+    LabError (one line) for bad options, a port that cannot be bound, or a
+    control socket another server owns.
+    """
+    h = host if isinstance(host, Host) else topology.host(host)
+    if addressing == "native":
+        ensure_gateway(h)  # a no-op in netns; replaces docker's default route in a container
+
+    def ready() -> None:
+        sys.stdout.write(f"ready {h.name}\n")
+        sys.stdout.flush()
+
+    main = role_main(topology, h, state_dir, addressing, ready)
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(until_signal(main))
