@@ -1,6 +1,6 @@
 # lbkit: two commands do all the set-up on a fresh machine.
-#   make lab-up   start the course (JupyterLab on 127.0.0.1) and, later, the lab
-#   make test     ruff, unit tests and every notebook (nbval)
+#   make lab-up   the layered lab (netns as root on Linux, else loopback) and the course
+#   make test     ruff, unit tests, lab tests and every notebook (nbval)
 # Each target bootstraps .venv on its own when it is missing or older than pyproject.toml.
 
 PYTHON ?= python3
@@ -8,6 +8,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+TOPOLOGY ?= labs/layered.toml
+STATE_DIR ?= .lab
 
 .DEFAULT_GOAL := help
 .PHONY: help venv system-deps lab-up lab-down lab-status test lint format bench clean
@@ -31,14 +33,16 @@ venv: $(STAMP) ## create or refresh the virtual environment
 system-deps: ## install the system tools the labs use (Debian/Ubuntu as root), else say what is missing
 	@sh scripts/system-deps.sh
 
-lab-up: $(STAMP) system-deps ## start the course (JupyterLab on 127.0.0.1); prints its URL
-	@$(BIN)/lbkit course up
+lab-up: $(STAMP) system-deps ## bring up the lab (TOPOLOGY=labs/layered.toml) and the course; prints how to use them
+	@$(BIN)/lbkit lab up $(TOPOLOGY) --course --state-dir $(STATE_DIR)
 
-lab-down: ## stop everything lab-up started and remove its state
-	@if [ -x $(BIN)/lbkit ]; then $(BIN)/lbkit course down; else echo "nothing to stop (no $(VENV))"; fi
+lab-down: ## stop the lab and the course and remove everything they made
+	@if [ -x $(BIN)/lbkit ]; then $(BIN)/lbkit lab down --course --state-dir $(STATE_DIR); \
+	else echo "nothing to stop (no $(VENV))"; fi
 
-lab-status: $(STAMP) ## what is running
-	@$(BIN)/lbkit course status
+lab-status: $(STAMP) ## hosts of the running lab, and the course
+	@$(BIN)/lbkit lab status --state-dir $(STATE_DIR) || true
+	@$(BIN)/lbkit course status --state-dir $(STATE_DIR) || true
 
 lint: $(STAMP) ## ruff over the code and the notebooks
 	@$(BIN)/ruff check .
@@ -53,6 +57,7 @@ test: $(STAMP) system-deps lint ## everything: ruff, unit tests, notebooks (nbva
 
 bench: $(STAMP) ## benchmarks (numbers for docs/benchmarks.md, not pass/fail)
 	@$(BIN)/python bench/bench_simulator.py
+	@$(BIN)/python bench/bench_lab.py
 
 clean: lab-down ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -16,6 +16,19 @@ from .errors import LabError
 DEFAULT_TOPOLOGY = "labs/layered.toml"
 
 
+def me() -> str:
+    """How the user can run lbkit again: ``lbkit`` if that is on PATH, else the path used."""
+    import shutil
+
+    used = Path(sys.argv[0])
+    on_path = shutil.which("lbkit")
+    if on_path and used.name == "lbkit" and Path(on_path).resolve() == used.resolve():
+        return "lbkit"
+    if used.name == "lbkit":
+        return os.path.relpath(used) if not os.path.relpath(used).startswith("..") else str(used)
+    return "lbkit"
+
+
 def _state_dir_default() -> str:
     return os.environ.get("LBKIT_STATE_DIR", ".lab")
 
@@ -190,13 +203,13 @@ def _up(args: argparse.Namespace) -> int:
     hints: list[tuple[str, str]] = []
     curl = f"curl -s {lab.url(backend, '/echo')}"
     if lab.provider == "netns":
-        curl = f"lbkit lab exec {client} -- {curl}"
+        curl = f"{me()} lab exec {client} -- {curl}"
     hints.append(("curl a backend from the client", curl))
     url, _ = lab.forward(entry)
     hints.append((f"open {entry} in your browser", url))
     if args.course:
         hints.append(("the course (JupyterLab)", _course_up(args.state_dir)))
-    hints.append(("stop everything", "make lab-down (or: lbkit lab down)"))
+    hints.append(("stop everything", f"make lab-down (or: {me()} lab down)"))
     width = max(len(label) for label, _ in hints)
     print()
     for label, text in hints:  # plain lines: commands and URLs must never wrap

@@ -13,12 +13,15 @@ A failed ``up`` takes down what it built before it raises.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lbkit._proc import alive, stop_group
@@ -40,6 +43,21 @@ def default_provider() -> str:
     """netns when root on Linux, else local (docker is only ever asked for)."""
     linux = sys.platform.startswith("linux")
     return "netns" if linux and hasattr(os, "geteuid") and os.geteuid() == 0 else "local"
+
+
+def _off_running_loop(work: Callable[[], None]) -> None:
+    """Run ``work`` here, or on a worker thread if this thread runs an event loop.
+
+    pyroute2 drives netlink with an asyncio loop of its own, which cannot
+    start inside a running one (a Jupyter kernel's, say).
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        work()
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(work).result()
 
 
 class Lab:
@@ -127,11 +145,7 @@ class Lab:
         try:
             if self.provider == "netns":
                 say(f"building {len(self.topology.hosts)} namespaces")
-                for step in netns_provider.plan(self.topology, self.prefix):
-                    if step.namespace:
-                        state.namespaces.append(step.namespace)
-                        state.save(self.state_dir)
-                    step.apply()
+                _off_running_loop(lambda: self._build(state))
             say("starting hosts")
             self._start_hosts(state)
             self._wait_ready(state)
@@ -142,6 +156,13 @@ class Lab:
         state.save(self.state_dir)
         say("up")
         return self
+
+    def _build(self, state: LabState) -> None:
+        for step in netns_provider.plan(self.topology, self.prefix):
+            if step.namespace:
+                state.namespaces.append(step.namespace)  # recorded before it exists
+                state.save(self.state_dir)
+            step.apply()
 
     def down(self) -> bool:
         """Stop and remove everything this lab made; True if anything was there."""
@@ -161,7 +182,10 @@ class Lab:
             found = True
             netns_provider.delete_namespace(ns)
         LabState.remove(self.state_dir)
-        shutil.rmtree(self.state_dir / "hosts", ignore_errors=True)
+        for made in ("hosts", "captures"):  # logs, sockets, and captures kept inside the state
+            shutil.rmtree(self.state_dir / made, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.state_dir.rmdir()  # only if nothing else (the course, say) lives there
         return found
 
     def _ours(self, ns: str) -> bool:

@@ -114,3 +114,68 @@ def check_ring_fraction(answer: float | str | None) -> Verdict:
     if value > 0.5:
         return _say(False, "that is a reshuffle, as round robin does; a ring moves only some keys")
     return _say(False, "which keys lose their backend, and what share of keys did it own?")
+
+
+# ------------------------------------------------ chapter 1: the lab tour
+
+#: Chapter 1's exercise: fields of an HTTP request packet, as ``letter: (text, layer, field)``.
+L4_FIELD_CHOICES: dict[str, tuple[str, str, str]] = {
+    "a": ("the client's IP address", "IP", "src"),
+    "b": ("the URL path (/api/v1/cart)", "HTTP", "request line"),
+    "c": ("the destination port (80)", "TCP", "dport"),
+    "d": ("the Host header", "HTTP", "Host"),
+    "e": ("the TCP flags (is this a SYN?)", "TCP", "flags"),
+    "f": ("the session cookie", "HTTP", "Cookie"),
+    "g": ("the client's port", "TCP", "sport"),
+    "h": ("the User-Agent header (is it a phone?)", "HTTP", "User-Agent"),
+    "i": ("the destination IP address", "IP", "dst"),
+}
+
+
+def l4_field_choices() -> None:
+    """Print chapter 1's choices: which of these can an L4 balancer decide on?"""
+    for letter, (text, _layer, _field) in L4_FIELD_CHOICES.items():
+        print(f"({letter}) {text}")
+
+
+def l4_field_truth(pkt=None) -> str:
+    """The letters of :data:`L4_FIELD_CHOICES` that are ``l4_visible`` in ``pkt``'s layer rows.
+
+    ``pkt`` defaults to :func:`lbkit.viz.packets.example_http_packet`; a
+    choice the packet does not carry (no Cookie header) is not L4-visible.
+    """
+    from .packets import example_http_packet, layer_rows
+
+    rows = layer_rows(pkt if pkt is not None else example_http_packet())
+    visible = {(r["layer"], r["field"]) for r in rows if r["l4_visible"]}
+    return "".join(
+        letter
+        for letter, (_t, layer, field) in L4_FIELD_CHOICES.items()
+        if (layer, field) in visible
+    )
+
+
+def check_l4_fields(answer: str | Sequence[str] | None, pkt=None) -> Verdict:
+    """Chapter 1: the letters of every field an L4 balancer can decide on (truth from ``pkt``)."""
+    if not answer:
+        return _say(False, "give the letters of your choices, such as 'ab'")
+    text = "".join(answer).lower()
+    letters = {ch for ch in text if ch.isalpha()}
+    unknown = sorted(letters - set(L4_FIELD_CHOICES))
+    if unknown:
+        verb = "is not a choice" if len(unknown) == 1 else "are not choices"
+        return _say(False, f"{', '.join(unknown)} {verb}: pick letters a to i")
+    truth = set(l4_field_truth(pkt))
+    if letters - truth:
+        return _say(
+            False,
+            "at least one of your letters lives in the bytes after the TCP header, "
+            "which an L4 box forwards without reading",
+        )
+    if missing := len(truth - letters):
+        return _say(
+            False,
+            f"an L4 box can use {missing} more: which header fields name a connection "
+            "(both ends of it), and which one marks a new connection?",
+        )
+    return _say(True, "")

@@ -1,0 +1,111 @@
+"""`lbkit lab ...` as people type it: output, one-line errors, and cleanup."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lbkit.lab import Lab, LabError
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+
+
+def lbkit(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lbkit", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_dry_run_prints_ip_commands_and_changes_nothing(tmp_path):
+    """--dry-run lists `ip` commands and the host command; no state is written."""
+    proc = lbkit("lab", "up", "labs/basic.toml", "--dry-run", "--provider", "netns",
+                 "--state-dir", str(tmp_path / "s"))  # fmt: skip
+    assert proc.returncode == 0
+    assert "ip netns add lbk" in proc.stdout and "type veth peer name eth0" in proc.stdout
+    assert "lab host api1 --topology" in proc.stdout
+    assert not (tmp_path / "s").exists()
+
+
+def test_show_prints_hosts_and_writes_a_picture(tmp_path):
+    """`lab show` lists every host and writes a PNG."""
+    out = tmp_path / "layered.png"
+    proc = lbkit("lab", "show", "labs/layered.toml", "-o", str(out))
+    assert proc.returncode == 0 and "canary1" in proc.stdout and "10.0.1.50" in proc.stdout
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_status_without_a_lab_is_a_clear_error(tmp_path):
+    """`lab status` with nothing up: exit 2 and one line saying how to start one."""
+    proc = lbkit("lab", "status", "--state-dir", str(tmp_path))
+    assert proc.returncode == 2 and "lbkit lab up" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_local_provider_reports_a_port_in_use(tmp_path):
+    """Something already on api1's port: up fails naming address, host and service."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.1.3", 8080))
+        s.listen()
+        lab = Lab("labs/basic.toml", provider="local", state_dir=tmp_path)
+        with pytest.raises(LabError, match=r"127\.0\.1\.3:8080/tcp \(api1 http\) is in use"):
+            lab.up()
+    assert not (tmp_path / "lab.json").exists()
+
+
+def test_render_docker_matches_the_committed_file():
+    """`lab render docker` prints the committed compose file."""
+    proc = lbkit("lab", "render", "docker", "labs/layered.toml")
+    assert proc.returncode == 0
+    assert proc.stdout == Path("docker/compose.yaml").read_text()
+
+
+@root_only
+def test_exec_status_backend_and_capture_from_the_command_line(tmp_path):
+    """The CLI round trip: up, exec (options before --), backend, capture, status, down."""
+    state = str(tmp_path / "state")
+    try:
+        up = lbkit("lab", "up", "labs/basic.toml", "--state-dir", state)
+        assert up.returncode == 0, up.stderr
+        assert "lab exec client -- curl -s http://10.0.1.10/echo" in up.stdout
+        got = lbkit("lab", "exec", "client", "--state-dir", state, "--", "curl", "-s",
+                    "http://10.0.1.12/")  # fmt: skip
+        assert got.stdout == "api3\n"
+        assert lbkit("lab", "backend", "api3", "--mode", "error-500", "--state-dir",
+                     state).stdout.strip() == "api3: mode error-500"  # fmt: skip
+        capture = subprocess.Popen(
+            [sys.executable, "-m", "lbkit", "lab", "capture", "client,api3", "--count", "3",
+             "--seconds", "30", "--filter", "tcp port 80", "-o", str(tmp_path / "caps"),
+             "--state-dir", state],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 20
+            while len(list((tmp_path / "caps").glob("*/*.pcap"))) < 2:
+                assert time.monotonic() < deadline and capture.poll() is None, capture.stderr
+                time.sleep(0.05)
+            lbkit("lab", "exec", "client", "--state-dir", state, "--", "curl", "-s",
+                  "http://10.0.1.12/")  # fmt: skip
+            out, _ = capture.communicate(timeout=30)
+        finally:
+            if capture.poll() is None:
+                capture.kill()
+        assert capture.returncode == 0
+        assert "6 packets; pcaps and timeline.json in" in out
+        (timeline,) = (tmp_path / "caps").glob("*/timeline.json")
+        flags = {}
+        for row in json.loads(timeline.read_text()):
+            flags.setdefault(row["host"], []).append(row["flags"])
+        assert flags == {"client": ["S", "S.", "."], "api3": ["S", "S.", "."]}
+        status = json.loads(lbkit("lab", "status", "--json", "--state-dir", state).stdout)
+        assert status["up"] and [h["name"] for h in status["hosts"]][1:] == ["api1", "api2", "api3"]
+    finally:
+        down = lbkit("lab", "down", "--state-dir", state)
+    assert down.stdout.strip() == "lab removed"
