@@ -372,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lbkit.lab.cli import add_lab_parser
 
     add_lab_parser(sub)
+    from lbkit.l4.cli import add_l4_parser
+
+    add_l4_parser(sub)
     return parser
 
 

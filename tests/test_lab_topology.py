@@ -126,3 +126,33 @@ def test_endpoints_per_addressing():
     assert endpoint(topo, api1, http, "native") == ("10.0.1.10", 80)
     assert endpoint(topo, api1, http, "loopback") == ("127.0.1.3", 8080)
     assert endpoint(topo, api1, http, "loopback-shared") == ("127.0.0.1", 20010)
+
+
+def test_routes_and_loopback_vips_are_parsed():
+    """labs/l4.toml: NAT backends route the client via the L4 box; variants hold the VIP on lo."""
+    from lbkit.l4.labtopo import l4_topology_data
+
+    nat = load_topology("labs/l4.toml")
+    assert nat.host("api2").routes == ("10.0.1.100/32 via 10.0.1.2",)
+    dsr = parse_topology(l4_topology_data("dsr"))
+    assert dsr.host("api2").loopback == ("10.0.1.200",) and dsr.host("api2").routes == ()
+    tunnel = parse_topology(l4_topology_data("tunnel"))
+    assert tunnel.host("api2").options["decap"] is True
+    assert "advmss 1440" in tunnel.host("api2").routes[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"routes": ["via 10.0.1.3"]},
+            "hosts.a.routes: 'via 10.0.1.3' does not start with a destination",
+        ),
+        ({"routes": "10.0.0.0/8 via 10.0.1.3"}, "hosts.a.routes: expected a list"),
+        ({"loopback": ["vip"]}, "hosts.a.loopback: 'vip' is not an IPv4 address"),
+    ],
+)
+def test_bad_routes_and_loopback_name_the_key(change, message):
+    """A malformed route or loopback address is reported with its key."""
+    with pytest.raises(TopologyError, match=re.escape(message)):
+        parse_topology(minimal(**change), source="x.toml")

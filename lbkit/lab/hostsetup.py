@@ -1,9 +1,21 @@
-"""Network settings a host makes for itself before serving (docker needs them).
+"""Network settings a host makes for itself before serving.
 
-In a network namespace the provider has already set everything, so these
-are no-ops there; in a container docker has installed its own default route
-through ``.1``, and the topology's ``gateway`` must replace it. Doing it in
-the host command keeps the command identical under every provider.
+The host command (``lbkit lab host``) runs these in every native host,
+namespace or container, so the command stays identical under every
+provider:
+
+* ``gateway``: in a container docker installed a default route through
+  ``.1``; the topology's gateway replaces it (a no-op in a namespace);
+* ``routes``: extra routes, e.g. a NAT backend's route to the client via the
+  L4 box (replies must pass the box that rewrote the request);
+* ``loopback``: VIPs on ``lo`` for direct server return and tunnel backends,
+  with ``arp_ignore=1`` (answer ARP only for addresses on the asking
+  interface) and ``arp_announce=2`` (never use a loopback VIP as the ARP
+  source): only the L4 box may answer ARP for the VIP (LVS-DR HOWTO, "the
+  ARP problem");
+* ``options.tso = false``: segmentation offload off, so frames on the veth
+  are no larger than the MTU, as on a real wire (a veth passes 64 KB TCP
+  super-frames through otherwise, which a userspace forwarder would see).
 """
 
 from __future__ import annotations
@@ -29,6 +41,41 @@ def current_default_gateway(route_table: str) -> str | None:
         if len(cols) >= 3 and cols[1] == "00000000":
             return socket.inet_ntoa(struct.pack("<L", int(cols[2], 16)))
     return None
+
+
+def _run(host: Host, argv: list[str], what: str, package: str = "iproute2") -> None:
+    if shutil.which(argv[0]) is None:
+        raise LabError(f"{host.name}: cannot {what}: `{argv[0]}` not found (install {package})")
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise LabError(f"{host.name}: cannot {what}: {done.stderr.strip()}")
+
+
+def _sysctl(key: str, value: str) -> None:
+    with open(f"/proc/sys/{key.replace('.', '/')}", "w") as f:
+        f.write(value)
+
+
+def prepare(host: Host) -> None:
+    """Everything a native host sets up for itself, in order."""
+    ensure_gateway(host)
+    for route in host.routes:
+        _run(host, ["ip", "route", "replace", *route.split()], f"add route {route!r}")
+    if host.loopback:
+        for key in ("net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.default.arp_ignore"):
+            _sysctl(key, "1")
+        for key in ("net.ipv4.conf.all.arp_announce", "net.ipv4.conf.default.arp_announce"):
+            _sysctl(key, "2")
+        for vip in host.loopback:
+            _run(host, ["ip", "addr", "replace", f"{vip}/32", "dev", "lo"], f"hold {vip} on lo")
+    if host.options.get("tso") is False:
+        for itf in host.interfaces:
+            _run(
+                host,
+                ["ethtool", "-K", itf.name, "tso", "off", "gso", "off"],
+                f"turn segmentation offload off on {itf.name}",
+                package="ethtool",
+            )
 
 
 def ensure_gateway(host: Host) -> bool:

@@ -41,7 +41,7 @@ from .errors import TopologyError
 ROLES = ("client", "backend", "l4", "l7", "tools")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
 SEGMENT_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
-HOST_KEYS = {"role", "addresses", "gateway", "options", "description"}
+HOST_KEYS = {"role", "addresses", "gateway", "routes", "loopback", "options", "description"}
 TOP_KEYS = {"name", "description", "segments", "hosts"}
 
 
@@ -85,6 +85,10 @@ class Host:
     gateway: ipaddress.IPv4Address | None = None
     options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    #: Extra routes, each the arguments of ``ip route replace``: "10.0.1.100/32 via 10.0.1.2".
+    routes: tuple[str, ...] = ()
+    #: Addresses held on ``lo`` with ARP suppressed (a DSR / tunnel backend's VIPs).
+    loopback: tuple[str, ...] = ()
 
     @property
     def ip(self) -> str:
@@ -251,6 +255,25 @@ def _parse_host(hname: str, hdata: Any, segments: dict[str, Segment], fail) -> H
     options = hdata.get("options", {})
     if not isinstance(options, dict):
         raise fail(f"{key}.options", "expected a table")
+    routes = hdata.get("routes", [])
+    if not isinstance(routes, list) or not all(isinstance(r, str) for r in routes):
+        raise fail(f"{key}.routes", 'expected a list like ["10.0.1.100/32 via 10.0.1.2"]')
+    for route in routes:
+        dst = route.split()[0] if route.split() else ""
+        try:
+            ipaddress.IPv4Network(dst, strict=False)
+        except ValueError:
+            raise fail(
+                f"{key}.routes", f"{route!r} does not start with a destination subnet"
+            ) from None
+    loopback = hdata.get("loopback", [])
+    if not isinstance(loopback, list):
+        raise fail(f"{key}.loopback", "expected a list of IPv4 addresses")
+    for text in loopback:
+        try:
+            ipaddress.IPv4Address(str(text))
+        except ValueError:
+            raise fail(f"{key}.loopback", f"{text!r} is not an IPv4 address") from None
     return Host(
         name=hname,
         role=role,
@@ -258,4 +281,6 @@ def _parse_host(hname: str, hdata: Any, segments: dict[str, Segment], fail) -> H
         gateway=gateway,
         options=dict(options),
         description=str(hdata.get("description", "")),
+        routes=tuple(routes),
+        loopback=tuple(str(a) for a in loopback),
     )

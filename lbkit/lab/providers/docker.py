@@ -158,8 +158,10 @@ def _service(host: Host, *, mount: str, context: str) -> dict[str, Any]:
         "init": True,
         "stop_grace_period": "5s",
     }
-    # A host with its own default route replaces docker's: that needs NET_ADMIN too.
-    if host.role in NET_ADMIN_ROLES or host.gateway is not None:
+    # A host that sets up its own routes, loopback VIPs or offloads (the host
+    # command does, see lbkit.lab.hostsetup) needs NET_ADMIN too.
+    self_setup = host.gateway is not None or host.routes or host.loopback or "tso" in host.options
+    if host.role in NET_ADMIN_ROLES or self_setup:
         svc["cap_add"] = ["NET_ADMIN"]
     if host.role in ROLE_SYSCTLS:
         svc["sysctls"] = dict(ROLE_SYSCTLS[host.role])

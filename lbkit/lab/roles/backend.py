@@ -201,7 +201,7 @@ async def serve_backend(
     name: str,
     http: list[tuple[str, int]],
     line: tuple[str, int],
-    udp: tuple[str, int],
+    udp: tuple[str, int] | list[tuple[str, int]],
     control_path: str,
     *,
     mode: str = "healthy",
@@ -240,7 +240,13 @@ async def serve_backend(
 
     tcp = [(addr, http_factory) for addr in http]
     tcp.append((line, partial(LineProtocol, state, connections)))
-    listeners = Listeners(state, tcp, [(udp, partial(EchoProtocol, state))], connections)
+    # A UDP reply leaves from the address the socket is bound to; bound to 0.0.0.0 the
+    # kernel picks the interface's primary address. A DSR backend must answer from the
+    # VIP the datagram was sent to, so it binds each of its addresses separately.
+    udp_addrs = udp if isinstance(udp, list) else [udp]
+    listeners = Listeners(
+        state, tcp, [(a, partial(EchoProtocol, state)) for a in udp_addrs], connections
+    )
 
     async def on_control(request: Any) -> dict[str, Any]:
         was_refusing = state.mode == "refuse"

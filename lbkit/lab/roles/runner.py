@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import LabError
 from ..hostcmd import control_socket
-from ..hostsetup import ensure_gateway
+from ..hostsetup import prepare
 from ..services import bind_address, service_named
 from ..topology import Host, Topology
 from .backend_core import DEFAULT_SLOW_DELAY, RoleState, check_mode, check_slow_delay
@@ -71,21 +71,64 @@ def role_main(
             raise LabError(f"{key}.slow_delay: {e}") from None
         from .backend import serve_backend
 
-        return serve_backend(
-            host.name,
-            [addr("http"), addr("http-alt")],
-            addr("line"),
-            addr("echo"),
-            control,
-            mode=mode,
-            slow_delay=delay,
-            on_ready=on_ready,
-        )
+        def udp_addresses() -> list[tuple[str, int]]:
+            """UDP echo per address when the host holds loopback VIPs (replies from the VIP)."""
+            ip, port = addr("echo")
+            if addressing != "native" or not host.loopback:
+                return [(ip, port)]
+            own = [itf.ip for itf in host.interfaces]
+            return [(a, port) for a in [*own, *host.loopback, "127.0.0.1"]]
+
+        def backend(ready: Callable[[], None]) -> Coroutine[Any, Any, None]:
+            return serve_backend(
+                host.name,
+                [addr("http"), addr("http-alt")],
+                addr("line"),
+                udp_addresses(),
+                control,
+                mode=mode,
+                slow_delay=delay,
+                on_ready=ready,
+            )
+
+        if host.options.get("decap") and addressing == "native":
+            return _with_decap(host, backend, on_ready)
+        return backend(on_ready)
+    if host.role == "l4" and "vip" in host.options:
+        from lbkit.l4.config import from_topology
+        from lbkit.l4.forwarder import Forwarder
+
+        return Forwarder(from_topology(topology, host)).serve(on_ready, control)
     if host.role in ("l4", "l7"):
         from .placeholder import serve_placeholder
 
         return serve_placeholder(host.name, host.role, [addr("http")], control, on_ready)
     return serve_idle(host.name, host.role, control, on_ready)
+
+
+async def _with_decap(
+    host: Host,
+    backend: Callable[[Callable[[], None]], Coroutine[Any, Any, None]],
+    on_ready: Callable[[], None],
+) -> None:
+    """A tunnel backend: the backend and the IP-in-IP decapsulator, ready when both are."""
+    from lbkit.l4.decap import serve_decap
+
+    pending = {"backend", "decap"}
+
+    def one_ready(which: str) -> Callable[[], None]:
+        def done() -> None:
+            pending.discard(which)
+            if not pending:
+                on_ready()
+
+        return done
+
+    iface = host.interfaces[0].name
+    await asyncio.gather(
+        backend(one_ready("backend")),
+        serve_decap(iface, host.ip, on_ready=one_ready("decap")),
+    )
 
 
 async def until_signal(main: Coroutine[Any, Any, None]) -> None:
@@ -121,7 +164,7 @@ def run_role(topology: Topology, host: Host | str, state_dir: str, addressing: s
     """
     h = host if isinstance(host, Host) else topology.host(host)
     if addressing == "native":
-        ensure_gateway(h)  # a no-op in netns; replaces docker's default route in a container
+        prepare(h)  # gateway, routes, loopback VIPs, offloads: the same in netns and docker
 
     def ready() -> None:
         sys.stdout.write(f"ready {h.name}\n")
