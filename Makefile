@@ -58,6 +58,8 @@ test: $(STAMP) system-deps lint ## everything: ruff, unit tests, notebooks (nbva
 bench: $(STAMP) ## benchmarks (numbers for docs/benchmarks.md, not pass/fail)
 	@$(BIN)/python bench/bench_simulator.py
 	@$(BIN)/python bench/bench_lab.py
+	@$(BIN)/python bench/bench_l4_rewrite.py
+	@$(BIN)/python bench/bench_l4_lab.py
 
 clean: lab-down ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info

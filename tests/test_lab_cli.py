@@ -109,3 +109,35 @@ def test_exec_status_backend_and_capture_from_the_command_line(tmp_path):
     finally:
         down = lbkit("lab", "down", "--state-dir", state)
     assert down.stdout.strip() == "lab removed"
+
+
+L4_LOCAL = """
+import socket, sys, urllib.request
+from collections import Counter
+from lbkit.lab import Lab
+lab = Lab("labs/l4.toml", provider="local", state_dir=sys.argv[1])
+try:
+    lab.up()
+    seen = Counter(urllib.request.urlopen(lab.url("lb"), timeout=5).read().decode().strip()
+                   for _ in range(30))
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.connect(lab.endpoint("lb", "vip1"))
+    s.send(b"ping")
+    print(sorted(seen), s.recv(100).decode())
+    print(lab.backend("lb")["mode"])
+finally:
+    lab.down()
+"""
+
+
+def test_l4_lab_without_root_falls_back_to_a_proxy(tmp_path):
+    """As an unprivileged user, labs/l4.toml runs its L4 box as a TCP/UDP proxy that balances."""
+    proc = subprocess.run(
+        ["unshare", "--user", sys.executable, "-c", L4_LOCAL, str(tmp_path / "state")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, mode = proc.stdout.strip().splitlines()
+    assert first.startswith("['api1', 'api2', 'api3'] api")  # all three served; UDP answered
+    assert first.endswith(": ping") and mode == "proxy"

@@ -205,6 +205,12 @@ def _up(args: argparse.Namespace) -> int:
     if lab.provider == "netns":
         curl = f"{me()} lab exec {client} -- {curl}"
     hints.append(("curl a backend from the client", curl))
+    for box in lab.topology.by_role("l4"):
+        if "vip" in box.options:
+            vip = f"curl -s {lab.url(box.name)}"
+            if lab.provider == "netns":
+                vip = f"{me()} lab exec {client} -- {vip}"
+            hints.append((f"curl the VIP of {box.name}", vip))
     url, _ = lab.forward(entry)
     hints.append((f"open {entry} in your browser", url))
     if args.course:
@@ -219,6 +225,10 @@ def _up(args: argparse.Namespace) -> int:
             "[dim]local provider: hosts are processes on loopback; packet-level "
             "features need the netns provider (Linux, root).[/]"
         )
+        if any("vip" in h.options for h in lab.topology.by_role("l4")):
+            from lbkit.l4.proxy import NOTICE
+
+            out.print(f"[dim]{NOTICE}[/]")
     return 0
 
 
@@ -316,7 +326,7 @@ def _forward(args: argparse.Namespace) -> int:
 
     host, _, service = args.target.partition(":")
     lab = Lab.attach(args.state_dir)
-    url, pid = lab.forward(host, service or "http", args.local_port)
+    url, pid = lab.forward(host, service or None, args.local_port)
     note = f"  (relay pid {pid}; stopped by lbkit lab down)" if pid else ""
     print(f"{args.target} -> {url}{note}")
     return 0

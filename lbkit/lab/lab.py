@@ -30,7 +30,7 @@ from .errors import LabError
 from .hostcmd import control_socket, host_command
 from .providers import local as local_provider
 from .providers import netns as netns_provider
-from .services import endpoint, service_named, services_of
+from .services import default_service, endpoint, service_named, services_of
 from .state import LabState, lab_prefix
 from .topology import Host, Topology, load_topology
 
@@ -280,16 +280,20 @@ class Lab:
     def control_path(self, host: str) -> str:
         return control_socket(str(self.state_dir), host)
 
-    def endpoint(self, host: str, service: str = "http") -> tuple[str, int]:
-        """``(ip, port)`` where ``host``'s ``service`` is reached under this provider."""
+    def endpoint(self, host: str, service: str | None = None) -> tuple[str, int]:
+        """``(ip, port)`` where ``host``'s ``service`` is reached under this provider.
+
+        ``service`` defaults to ``http``, or to the VIP for a forwarding L4 box.
+        """
         h = self.topology.host(host)
+        service = service or default_service(h)
         try:
             svc = service_named(h, service)
         except KeyError as e:
             raise LabError(str(e.args[0])) from None
         return endpoint(self.topology, h, svc, self.addressing or "native")
 
-    def url(self, host: str, path: str = "/", service: str = "http") -> str:
+    def url(self, host: str, path: str = "/", service: str | None = None) -> str:
         ip, port = self.endpoint(host, service)
         return f"http://{ip}{'' if port == 80 else f':{port}'}{path}"
 
@@ -321,7 +325,9 @@ class Lab:
             raise LabError(f"{host}: {reply.get('error', 'refused')}")
         return reply
 
-    def forward(self, host: str, service: str = "http", local_port: int = 0) -> tuple[str, int]:
+    def forward(
+        self, host: str, service: str | None = None, local_port: int = 0
+    ) -> tuple[str, int]:
         """Make ``host``'s service reachable from this machine; return ``(url, relay pid)``.
 
         netns: a relay on 127.0.0.1 connecting from inside the lab's client

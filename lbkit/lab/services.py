@@ -23,6 +23,8 @@ class Service:
     proto: str  # "tcp" | "udp"
     port: int
     description: str
+    #: Reached at this address natively instead of the host's own (an L4 box's VIP).
+    address: str | None = None
 
 
 BACKEND_SERVICES = (
@@ -53,6 +55,20 @@ SHARED_PORT_BASE = 20000
 
 
 def services_of(host: Host) -> tuple[Service, ...]:
+    """The host's services: its role's, or an L4 box's VIP ports when it forwards."""
+    if host.role == "l4" and "vip" in host.options:
+        vip = str(host.options["vip"])
+        return tuple(
+            Service(
+                "vip" if i == 0 else f"vip{i}",
+                str(svc.get("proto", "tcp")),
+                int(svc["port"]),
+                f"VIP {vip}:{svc['port']}: balanced over {', '.join(map(str, svc['backends']))}",
+                address=vip,
+            )
+            for i, svc in enumerate(host.options.get("services", []))
+            if isinstance(svc, dict) and "port" in svc and "backends" in svc
+        )
     return ROLE_SERVICES[host.role]
 
 
@@ -66,7 +82,7 @@ def endpoint(topology: Topology, host: Host, service: Service, addressing: str) 
       20000 + 10 x place + the service's index in its role.
     """
     if addressing == "native":
-        return host.ip, service.port
+        return service.address or host.ip, service.port
     place = list(topology.hosts).index(host.name)
     if addressing == "loopback":
         port = service.port + LOCAL_PORT_SHIFT if service.port < 1024 else service.port
@@ -83,6 +99,12 @@ def bind_address(
     """Where the host's process binds: all addresses natively, its loopback address locally."""
     ip, port = endpoint(topology, host, service, addressing)
     return ("0.0.0.0", port) if addressing == "native" else (ip, port)
+
+
+def default_service(host: Host) -> str:
+    """What ``lab.url(host)`` means: ``http``, or an L4 box's first VIP port."""
+    names = [s.name for s in services_of(host)]
+    return "http" if "http" in names or not names else names[0]
 
 
 def service_named(host: Host, name: str) -> Service:

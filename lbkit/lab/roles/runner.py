@@ -96,14 +96,59 @@ def role_main(
         return backend(on_ready)
     if host.role == "l4" and "vip" in host.options:
         from lbkit.l4.config import from_topology
-        from lbkit.l4.forwarder import Forwarder
 
-        return Forwarder(from_topology(topology, host)).serve(on_ready, control)
+        cfg = from_topology(topology, host)
+        if addressing == "native":
+            from lbkit.l4.forwarder import Forwarder
+
+            return Forwarder(cfg).serve(on_ready, control)
+        return _serve_l4_proxy(topology, host, cfg, addressing, control, on_ready)
     if host.role in ("l4", "l7"):
         from .placeholder import serve_placeholder
 
         return serve_placeholder(host.name, host.role, [addr("http")], control, on_ready)
     return serve_idle(host.name, host.role, control, on_ready)
+
+
+async def _serve_l4_proxy(topology, host, cfg, addressing, control, on_ready) -> None:
+    """No raw packets here (local provider): the L4 tier as a TCP/UDP proxy, said clearly."""
+    from lbkit.l4.proxy import NOTICE, L4Proxy, serve_proxies
+
+    from ..control import control_server
+    from ..services import endpoint, services_of
+
+    sys.stdout.write(f"notice: {NOTICE}\n")
+    sys.stdout.flush()
+
+    def target(name: str, port: int, proto: str) -> tuple[str, str, int]:
+        backend = topology.host(name)
+        for svc in services_of(backend):
+            if svc.port == port and svc.proto == proto:
+                return (name, *endpoint(topology, backend, svc, addressing))
+        raise LabError(f"{name} has no {proto} service on port {port} to relay to")
+
+    proxies = []
+    for spec, svc in zip(cfg.services, services_of(host), strict=True):
+        pool = [target(b.name, b.port, spec.proto) for b in spec.backends]
+        proxy = L4Proxy(cfg.vip, spec.port, spec.proto, pool, cfg.algorithm)
+        proxies.append((proxy, bind_address(addressing, topology, host, svc)))
+
+    async def on_control(request: Any) -> dict[str, Any]:
+        counters: dict[str, int] = {}
+        for proxy, _ in proxies:
+            for key, value in proxy.counters.items():
+                counters[key] = counters.get(key, 0) + value
+        return {
+            "ok": True,
+            "host": host.name,
+            "role": "l4",
+            "mode": "proxy",
+            "notice": NOTICE,
+            "counters": counters,
+        }
+
+    async with control_server(control, on_control):
+        await serve_proxies(proxies, on_ready)
 
 
 async def _with_decap(
