@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LABS = {
     "layered": ("labs/layered.toml", "docker/compose.yaml"),
     "basic": ("labs/basic.toml", "docker/compose.basic.yaml"),
+    "l4": ("labs/l4.toml", "docker/compose.l4.yaml"),
 }
 REGENERATE = (
     "{out} is out of date with {topo}: regenerate it with "
@@ -193,3 +194,16 @@ def test_dockerfile_installs_the_lab_tools_and_the_package():
     assert re.search(r"^FROM python:3\.11-slim-bookworm$", text, re.M)
     assert re.search(r"^RUN pip install --no-cache-dir /src$", text, re.M)
     assert not re.search(r"^ENTRYPOINT", text, re.M)
+
+
+@pytest.mark.parametrize(("engine", "forward"), [("fast", 0), ("scapy", 0), ("nftables", 1)])
+def test_l4_box_sysctls_follow_its_engine(engine, forward):
+    """lbkit engines forward themselves (ip_forward 0); nftables is the kernel (1, no redirects)."""
+    from lbkit.l4.labtopo import l4_topology_data
+    from lbkit.lab import parse_topology
+
+    topo = parse_topology(l4_topology_data("nat", engine), source="labs/l4.toml")
+    lb = yaml.safe_load(render_compose(topo, topology_file="labs/l4.toml"))["services"]["lb"]
+    assert lb["sysctls"]["net.ipv4.ip_forward"] == forward
+    redirects = lb["sysctls"].get("net.ipv4.conf.all.send_redirects")
+    assert redirects == (0 if engine == "nftables" else None)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from lbkit.algorithms import Backend
 from lbkit.lab.errors import LabError
+from lbkit.lab.hostsetup import set_sysctl
 
 from . import nft
 from .config import L4Config
@@ -72,12 +73,10 @@ def _ip(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True)
 
 
-def _sysctl(key: str, value: str | None = None) -> str:
-    path = Path("/proc/sys") / key.replace(".", "/")
-    old = path.read_text().strip()
-    if value is not None:
-        path.write_text(value)
-    return old
+def _sysctl(key: str, value: str | None = None, strict: bool = True) -> str:
+    if value is None:
+        return (Path("/proc/sys") / key.replace(".", "/")).read_text().strip()
+    return set_sysctl(key, value, strict=strict)
 
 
 def neighbour(ip: str) -> str | None:
@@ -124,7 +123,7 @@ class Forwarder:
             self._setup_nftables()
             return
         old = _sysctl("net.ipv4.ip_forward", "0")
-        self._undo.append(lambda: _sysctl("net.ipv4.ip_forward", old))
+        self._undo.append(lambda: _sysctl("net.ipv4.ip_forward", old, strict=False))
         guard = nft.render_vip_guard(
             GUARD_TABLE, [(cfg.vip, s.port, s.proto) for s in cfg.services]
         )
@@ -164,8 +163,8 @@ class Forwarder:
         wanted = nft.nat_sysctls(self.cfg.iface)
         olds = {key: _sysctl(key) for key in wanted}
         for key, value in wanted.items():
-            _sysctl(key, value)
-        self._undo.append(lambda: [_sysctl(k, v) for k, v in olds.items()])
+            _sysctl(key, value, strict=key.endswith("ip_forward"))  # redirects: all=0 suffices
+        self._undo.append(lambda: [_sysctl(k, v, strict=False) for k, v in olds.items()])
         self._apply_nat()
         self._undo.append(lambda: nft.delete_table(NAT_TABLE))
 

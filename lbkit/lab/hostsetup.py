@@ -25,6 +25,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 
 from .errors import LabError
 from .topology import Host
@@ -51,9 +52,29 @@ def _run(host: Host, argv: list[str], what: str, package: str = "iproute2") -> N
         raise LabError(f"{host.name}: cannot {what}: {done.stderr.strip()}")
 
 
-def _sysctl(key: str, value: str) -> None:
-    with open(f"/proc/sys/{key.replace('.', '/')}", "w") as f:
-        f.write(value)
+def set_sysctl(key: str, value: str, *, strict: bool = True) -> str:
+    """Set ``key`` (dotted or slashed) to ``value``; return the old value.
+
+    In a container ``/proc/sys`` is read-only and the compose file sets the
+    sysctls instead: a write that fails is fine when the value is already
+    right. Otherwise LabError (or, with ``strict=False``, a warning on stderr).
+    """
+    path = f"/proc/sys/{key.replace('.', '/')}"
+    with open(path) as f:
+        old = f.read().strip()
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as e:
+        if old != value:
+            message = f"cannot set {key}={value} ({e.strerror}); set it in the container's sysctls"
+            if strict:
+                raise LabError(message) from None
+            sys.stderr.write(f"warning: {message}\n")
+    return old
+
+
+_sysctl = set_sysctl
 
 
 def prepare(host: Host) -> None:

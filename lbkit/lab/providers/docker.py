@@ -165,6 +165,14 @@ def _service(host: Host, *, mount: str, context: str) -> dict[str, Any]:
         svc["cap_add"] = ["NET_ADMIN"]
     if host.role in ROLE_SYSCTLS:
         svc["sysctls"] = dict(ROLE_SYSCTLS[host.role])
+    if host.role == "l4" and "vip" in host.options:
+        # /proc/sys is read-only in a container: the forwarder's sysctls come from here.
+        # lbkit's engines forward themselves (the kernel must not); nftables is the kernel.
+        kernel = host.options.get("engine", "fast") == "nftables"
+        svc["sysctls"]["net.ipv4.ip_forward"] = 1 if kernel else 0
+        if kernel:  # all=0 alone turns redirects off: the kernel ANDs all with the interface
+            svc["sysctls"]["net.ipv4.conf.all.send_redirects"] = 0
+            svc["sysctls"]["net.ipv4.conf.default.send_redirects"] = 0
     svc["volumes"] = [f"{mount}:{TOPOLOGY_PATH}:ro", f"{STATE_VOLUME}:{STATE_DIR}"]
     networks: dict[str, Any] = {}
     for itf in host.interfaces:
@@ -186,6 +194,8 @@ def _entry_url(topology: Topology) -> str | None:
         for h in topology.by_role(role):
             for itf in h.interfaces:
                 if itf.segment in segments:
+                    if "vip" in h.options:  # a forwarding L4 box: the VIP is the front door
+                        return f"http://{h.options['vip']}/"
                     return f"http://{itf.ip}/"
     return None
 
