@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -112,3 +113,29 @@ def test_l4_lab_file_is_the_nat_variant():
     generated = l4_topology_data("nat", "fast")
     generated["name"] = data["name"]
     assert generated == data
+
+
+def test_sigterm_removes_the_vip_and_the_guard(tmp_path):
+    """Stopping the L4 box (SIGTERM) takes its VIP off eth0 and deletes its nft guard table."""
+    import signal
+
+    from lbkit._proc import alive
+    from lbkit.lab.state import LabState
+
+    topology = write_l4_topology(tmp_path / "topology.toml", "dsr", "fast")
+    lab = Lab(topology, provider="netns", state_dir=tmp_path / "state")
+    try:
+        lab.up()
+        assert VIP in lab.exec("lb", ["ip", "-4", "addr", "show", "dev", "eth0"]).stdout
+        assert "lbkit_l4_guard" in lab.exec("lb", ["nft", "list", "tables"]).stdout
+        pid = LabState.load(lab.state_dir).processes["lb"]
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(pid)
+        assert VIP not in lab.exec("lb", ["ip", "-4", "addr", "show", "dev", "eth0"]).stdout
+        assert "lbkit_l4_guard" not in lab.exec("lb", ["nft", "list", "tables"]).stdout
+        assert "Traceback" not in (lab.state_dir / "hosts" / "lb.log").read_text()
+    finally:
+        lab.down()
