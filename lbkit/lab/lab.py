@@ -184,6 +184,8 @@ class Lab:
         LabState.remove(self.state_dir)
         for made in ("hosts", "captures"):  # logs, sockets, and captures kept inside the state
             shutil.rmtree(self.state_dir / made, ignore_errors=True)
+        if self.topology_path.parent == self.state_dir:  # a generated variant kept with the lab
+            self.topology_path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.state_dir.rmdir()  # only if nothing else (the course, say) lives there
         return found

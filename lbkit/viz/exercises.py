@@ -179,3 +179,51 @@ def check_l4_fields(answer: str | Sequence[str] | None, pkt=None) -> Verdict:
             "(both ends of it), and which one marks a new connection?",
         )
     return _say(True, "")
+
+
+# ------------------------------------------------ chapter 2: L4, packets not requests
+
+#: Chapter 2's interview drill: each situation, and the layer that serves it (NLB is L4, ALB L7).
+L4_OR_L7_SITUATIONS: dict[str, tuple[str, str]] = {
+    "a": ("a multiplayer game's UDP traffic, a million players at once", "L4"),
+    "b": ("send /api/v2/* to the new service and everything else to the old one", "L7"),
+    "c": ("one address in front of PostgreSQL read replicas (raw TCP, not HTTP)", "L4"),
+    "d": ("phones to the mobile pool, told apart by their User-Agent", "L7"),
+    "e": ("TLS must end on the backends: the balancer may not hold the private key", "L4"),
+    "f": ("a request that got a 502 is retried on another backend", "L7"),
+    "g": ("backends must see each client's own IP as the packets' source address", "L4"),
+    "h": ("a logged-in user stays on one backend, by a session cookie", "L7"),
+}
+_LAYER_WORDS = {"l4": "L4", "4": "L4", "nlb": "L4", "l7": "L7", "7": "L7", "alb": "L7"}
+
+
+def l4_or_l7_choices() -> None:
+    """Print chapter 2's situations: L4 (an NLB) or L7 (an ALB)?"""
+    for letter, (text, _layer) in L4_OR_L7_SITUATIONS.items():
+        print(f"({letter}) {text}")
+
+
+def check_l4_or_l7(answer: dict[str, str] | None) -> Verdict:
+    """Chapter 2: ``{"a": "L4", "b": "L7", ...}`` for every situation (NLB/ALB accepted too)."""
+    if not answer:
+        return _say(False, "map every letter to 'L4' or 'L7', e.g. {'a': 'L4', 'b': 'L7', ...}")
+    given = {str(k).strip().lower().strip("()"): str(v).strip().lower() for k, v in answer.items()}
+    missing = sorted(set(L4_OR_L7_SITUATIONS) - set(given))
+    if missing:
+        return _say(False, f"answer every situation; missing: {', '.join(missing)}")
+    unknown = sorted(k for k in given if k not in L4_OR_L7_SITUATIONS)
+    if unknown:
+        return _say(False, f"{', '.join(unknown)}: not a situation (letters a to h)")
+    bad = sorted(k for k, v in given.items() if v not in _LAYER_WORDS)
+    if bad:
+        return _say(False, f"answer with 'L4' or 'L7' (or 'NLB', 'ALB'); check {', '.join(bad)}")
+    wrong = sum(_LAYER_WORDS[given[k]] != layer for k, (_t, layer) in L4_OR_L7_SITUATIONS.items())
+    if wrong:
+        return _say(
+            False,
+            f"{wrong} not right yet. For each, ask: must the balancer read something after the "
+            "TCP or UDP header (a path, a header, a cookie, a status code)? Then only L7 can. "
+            "Is it not HTTP at all, or must the bytes reach the backend as the client sent "
+            "them? Then L4.",
+        )
+    return _say(True, "")
