@@ -463,13 +463,20 @@ class L4Balancer:
         self.conntrack.touch(e, now, state)
         return (REPLY, e, e.client_mac + self._mac, ip, ports)
 
-    def _icmp_inbound(self, frame: bytes, ip: IPv4, now: float):
+    def _quote(self, frame: bytes, ip: IPv4):
+        """The packet an ICMP error quotes, or None (counted: not ours, or malformed)."""
         q = icmp.parse_quote(frame, ip)
         if q is None:
             self.counters["pass:not-for-vip"] += 1
             return None
         if type(q) is str:
             self.counters[q] += 1
+            return None
+        return q
+
+    def _icmp_inbound(self, frame: bytes, ip: IPv4, now: float):
+        q = self._quote(frame, ip)
+        if q is None:
             return None
         proto = PROTO_NAMES.get(q.proto)
         # The quoted packet is one the VIP sent: VIP:vport -> client.
@@ -493,12 +500,8 @@ class L4Balancer:
         return (ICMP_FORWARD, e, l2, ip, q)
 
     def _icmp_reply(self, frame: bytes, ip: IPv4, now: float):
-        q = icmp.parse_quote(frame, ip)
+        q = self._quote(frame, ip)
         if q is None:
-            self.counters["pass:not-for-vip"] += 1
-            return None
-        if type(q) is str:
-            self.counters[q] += 1
             return None
         proto = PROTO_NAMES.get(q.proto)
         # The quoted packet is one the backend received: client -> backend ip:port.

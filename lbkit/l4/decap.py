@@ -26,14 +26,12 @@ import errno
 import fcntl
 import os
 import shutil
-import signal
 import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from lbkit.lab.errors import LabError
 
@@ -237,26 +235,6 @@ async def serve_decap(
         os.close(fd)
 
 
-async def _until_signal(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main``; SIGTERM or SIGINT cancels it and this returns normally."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(main)
-    stopping = False
-
-    def stop() -> None:
-        nonlocal stopping
-        stopping = True
-        task.cancel()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
-    try:
-        await task
-    except asyncio.CancelledError:
-        if not stopping:
-            raise
-
-
 def run_decap(iface: str, my_ip: str, tun: str = "tun0") -> DecapStats:
     """Decapsulate until SIGTERM/SIGINT; print ``ready decap ...`` once listening.
 
@@ -268,7 +246,9 @@ def run_decap(iface: str, my_ip: str, tun: str = "tun0") -> DecapStats:
     def ready() -> None:
         print(f"ready decap {iface} {my_ip} -> {tun}", flush=True)
 
-    asyncio.run(_until_signal(serve_decap(iface, my_ip, tun, ready, stats)))
+    from lbkit.lab.roles.runner import until_signal
+
+    asyncio.run(until_signal(serve_decap(iface, my_ip, tun, ready, stats)))
     print(
         f"stopped: {stats.decapsulated} decapsulated, {stats.ignored} ignored, "
         f"{stats.errors} errors",
