@@ -1,0 +1,569 @@
+"""The L7 router's sans-I/O core: a request head goes in, a decision comes out.
+
+No socket, no clock (``now`` is passed in), randomness from a seeded RNG,
+in the manner of h11's ``Connection``. The asyncio proxy (``proxy.py``)
+feeds it parsed heads and acts on the answers::
+
+    router = Router(config, seed=0)
+    d = router.route(RequestHead("GET", "/api/x", "1.1", headers, client, server), now)
+    if isinstance(d, Reject): answer d.status
+    elif d.return_answer: answer it (nginx ``return``)
+    else:
+        tried = set()
+        while (backend := d.pick(now, frozenset(tried))) is not None:
+            tried.add(backend.name); d.on_start(backend, now)
+            send d.request_line(backend) + d.upstream_headers(backend) + body ...
+            d.on_finish(backend, now, ok, status)
+            if success or not d.should_retry(len(tried), outcome, now): break
+
+The order of checks follows nginx's ``ngx_http_process_request_line`` /
+``ngx_http_process_request_header``, then ``ngx_http_find_virtual_server``
+and ``ngx_http_core_find_location`` (:mod:`lbkit.l7.matching`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from lbkit.algorithms import Backend, Flow
+
+from .canary import to_canary
+from .headers import (
+    BadFraming,
+    Headers,
+    RequestVars,
+    compose,
+    in_networks,
+    joined,
+    lbkit_forwarding,
+    parse_cookies,
+    request_framing,
+    values,
+)
+from .hostname import BadHost, HostPort, parse_host
+from .matching import match_location, select_server
+from .model import Location, RouterConfig, ServerBlock, Upstream, UpstreamServer
+from .pools import Pool, split_address
+from .retry import counts_as_failure, retryable, tries_limit
+from .sticky import resolve_token, set_cookie, sticky_token
+from .uri import BadTarget, Target, escape_uri, parse_target
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
+_PROXY_PASS = re.compile(r"(?i)(https?)://([^/?#]+)(.*)")
+ALLOW = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
+HASHED = ("ring_hash", "maglev")
+
+
+@dataclass
+class RequestHead:
+    """A parsed request head, as the adapter received it."""
+
+    method: str  # "GET"
+    target: str  # "/api/v1?x=1"
+    version: str  # "1.1"
+    headers: list[tuple[str, str]]  # order and case as received
+    client: tuple[str, int]  # the peer's address and port
+    server: tuple[str, int]  # the local address and port it reached
+    scheme: str = "http"
+    sni: str | None = None  # TLS server name indication (https)
+
+
+@dataclass
+class Reject:
+    """Answer the client at once: ``status`` with a one-line ``reason``."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _Refuse(Exception):
+    def __init__(self, status: int, reason: str, headers: Headers | None = None) -> None:
+        super().__init__(reason)
+        self.reject = Reject(status, reason, headers or [])
+
+
+def _bad(reason: str) -> _Refuse:
+    """400, and close: after a malformed head the connection cannot be trusted (nginx)."""
+    return _Refuse(400, reason, [("Connection", "close")])
+
+
+@dataclass(frozen=True)
+class ProxyPass:
+    """``proxy_pass scheme://authority[uri]``: ``uri`` is None when there is no URI part."""
+
+    scheme: str
+    authority: str
+    uri: str | None
+
+
+def parse_proxy_pass(text: str) -> ProxyPass:
+    m = _PROXY_PASS.fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"proxy_pass {text!r}: expected http[s]://host[:port][/uri]")
+    return ProxyPass(m.group(1).lower(), m.group(2), m.group(3) or None)
+
+
+@lru_cache(maxsize=1024)
+def _regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE)
+
+
+def conditions_hold(loc: Location, headers: Headers, cookies: dict[str, str]) -> bool:
+    """Whether every ``Location.matches`` condition holds (lbkit's extension).
+
+    A header condition searches the field's joined value (missing: ``""``);
+    ``cookie:NAME`` searches that cookie's value. The router drops the
+    locations whose conditions fail *before* nginx's matching runs, so among
+    locations sharing a pattern the first whose conditions all hold wins
+    (first match, in file order), and a request that no conditional location
+    accepts falls back to the next best one. nginx has no conditions on
+    ``location``; it would use ``map $http_user_agent $pool`` or ``if``.
+    """
+    for m in loc.matches:
+        if m.header.startswith("cookie:"):
+            value = cookies.get(m.header[7:], "")
+        else:
+            value = joined(headers, m.header) or ""
+        if not _regex(m.regex).search(value):
+            return False
+    return True
+
+
+class Decision:
+    """Where one request goes, and the bookkeeping of its attempts.
+
+    Attributes: ``server`` and ``location`` (model objects), ``upstream``
+    (the pool's name, after the canary split; None for a ``return``),
+    ``return_answer`` (``(status, text)`` of a ``return``), ``request_framing``
+    (``("length", n)``, ``("chunked", None)`` or ``("none", 0)``), ``canary``,
+    ``host`` (the normalised Host), ``target`` (the parsed request target),
+    ``upstream_tls``, ``route_name``.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        head: RequestHead,
+        target: Target,
+        host: HostPort | None,
+        server: ServerBlock,
+        location: Location,
+        variables: RequestVars,
+        framing: tuple[str, int | None],
+    ) -> None:
+        self._router = router
+        self.head = head
+        self.target = target
+        self.host = host
+        self.server = server
+        self.location = location
+        self.vars = variables
+        self.request_framing = framing
+        self.upstream: str | None = None
+        self.return_answer: tuple[int, str] | None = None
+        self.proxy: ProxyPass | None = None
+        self.canary = False
+        self.cookies = variables.cookies
+        self._pool: Pool | None = None
+        self._sticky: str | None = None  # the backend the client's cookie names
+        self._tried: list[str] = []
+        self._started: list[str] = []  # backends attempts began on
+        self._retrying: list[str] = []
+        self._headers: Headers | None = None
+
+    # ------------------------------------------------------------ identity
+    @property
+    def route_name(self) -> str:
+        """``"server_name location"`` for the access log, e.g. ``"api.example.com /v1/"``."""
+        names = [n for n in self.server.server_names if n]
+        loc = self.location
+        pattern = f"{loc.modifier} {loc.pattern}" if loc.modifier else loc.pattern
+        return f"{names[0] if names else '_'} {pattern}"
+
+    @property
+    def upstream_tls(self) -> bool:
+        """Whether the upstream connection speaks TLS (``proxy_pass https://``)."""
+        return self.proxy is not None and self.proxy.scheme == "https"
+
+    # ---------------------------------------------------------- the request
+    def request_line(self, backend: Backend | None = None) -> bytes:
+        """The request line for the backend, by nginx's proxy_pass URI rule.
+
+        With a URI part (``proxy_pass http://api/v2/``), the part of the
+        normalised URI that the location's prefix matched is replaced by it,
+        and the rest is escaped again (ngx_http_proxy_create_request); the
+        query follows. Without one, the client's target goes unchanged (in
+        origin-form). nginx forbids a URI part in a regex location; lbkit
+        then passes the original target.
+        """
+        t = self.target
+        loc = self.location
+        if t.asterisk:
+            target = "*"
+        elif (
+            self.proxy is not None
+            and self.proxy.uri is not None
+            and loc.modifier in ("", "^~", "=")
+            and t.uri.startswith(loc.pattern)
+        ):
+            target = self.proxy.uri + escape_uri(t.uri[len(loc.pattern) :])
+            if t.args is not None:
+                target += "?" + t.args
+        else:
+            target = t.origin_form
+        line = f"{self.head.method} {target} HTTP/1.1\r\n"
+        return line.encode("utf-8", "surrogateescape")
+
+    def upstream_headers(self, backend: Backend | None = None) -> list[tuple[str, str]]:
+        """The full header list for the backend (never Transfer-Encoding: see ``request_framing``).
+
+        nginx configs: the client's fields minus hop-by-hop ones, with
+        ``Host: $proxy_host`` and ``Connection: close`` unless the location
+        sets them, then ``proxy_set_header`` in order (an empty value removes
+        the field). lbkit TOML configs: ``Host`` is kept as the client sent it
+        (normalised) and no ``Connection: close`` is added, so upstream
+        connections may be reused (as an ALB does), plus X-Forwarded-For,
+        -Proto, -Host, ``Forwarded`` and ``Via``. The adapter frames the body itself from
+        ``request_framing``: ``("length", n)`` keeps Content-Length,
+        ``("chunked", None)`` needs its own ``Transfer-Encoding: chunked``.
+        """
+        if self._headers is None:
+            self._headers = self._router._upstream_headers(self)
+        return list(self._headers)
+
+    # ------------------------------------------------------------ attempts
+    def _flow(self) -> Flow:
+        assert self._pool is not None
+        client_ip, client_port = self.head.client
+        key: str | None = None
+        up = self._pool.upstream
+        if up.algorithm in HASHED or up.hash_key:
+            key = self.vars.expand(up.hash_key or "$remote_addr") or None  # nginx: empty -> rr
+        vip, vport = self.head.server
+        return Flow(client_ip, client_port, vip=vip, vport=vport, key=key)
+
+    def pick(self, now: float, exclude: frozenset[str] = frozenset()) -> Backend | None:
+        """A backend not tried yet by this request (nor in ``exclude``), or None.
+
+        The first pick honours a valid sticky cookie while its backend is up,
+        healthy and below max_conns; otherwise the pool's algorithm chooses.
+        """
+        pool = self._pool
+        if pool is None:
+            return None
+        skip = set(exclude) | set(self._tried)
+        backend = None
+        sticky = self._sticky
+        if sticky and not self._tried and sticky not in skip and pool.choosable(sticky, now):
+            backend = pool.backend(sticky)
+            pool.selected(backend, now)
+            self._router.counters["sticky_hits"] += 1
+        if backend is None:
+            backend = pool.pick(self._flow(), now, skip)
+        if backend is not None:
+            self._tried.append(backend.name)
+        return backend
+
+    def on_start(self, backend: Backend, now: float) -> None:
+        """An attempt begins on ``backend``; one on a backend not started before is a retry.
+
+        (Starting the same backend again, e.g. a fresh connection after a stale
+        pooled one, is not a retry.)
+        """
+        assert self._pool is not None
+        self._pool.on_start(backend, now)
+        retry = bool(self._started) and backend.name not in self._started
+        self._started.append(backend.name)
+        if retry:
+            self._pool.budget.started()
+            self._pool.retries += 1
+            self._retrying.append(backend.name)
+
+    def on_finish(
+        self, backend: Backend, now: float, ok: bool = True, status: int | None = None
+    ) -> None:
+        """An attempt ended: ``ok=False`` for error/timeout/invalid header; ``status`` if any.
+
+        Passive health counts it as failed per :func:`lbkit.l7.retry.counts_as_failure`.
+        """
+        assert self._pool is not None
+        failure = counts_as_failure(ok, status, self.location.next_upstream)
+        self._pool.on_finish(backend, now, failure=failure)
+        if backend.name in self._retrying:
+            self._retrying.remove(backend.name)
+            self._pool.budget.finished()
+
+    def should_retry(
+        self, attempt: int, outcome: str, now: float, *, request_sent: bool = True
+    ) -> bool:
+        """Whether attempt number ``attempt`` (1 = the first), failed with ``outcome``, is retried.
+
+        All must hold: ``outcome`` listed in ``proxy_next_upstream`` (and
+        ``non_idempotent`` for a sent non-idempotent request); fewer than
+        ``proxy_next_upstream_tries`` attempts (0: the pool's size); a server
+        not yet tried is available; the pool's retry budget has room.
+        """
+        pool = self._pool
+        loc = self.location
+        if pool is None:
+            return False
+        if not retryable(outcome, loc.next_upstream, self.head.method, request_sent=request_sent):
+            return False
+        if attempt >= tries_limit(loc.next_upstream_tries, pool.size):
+            return False
+        if not pool.has_candidate(set(self._tried), now):
+            return False
+        return pool.budget.allows(pool.active_requests())
+
+    # ----------------------------------------------------------- the answer
+    def response_headers(self, backend: Backend | None = None) -> list[tuple[str, str]]:
+        """Headers to add to the client's response.
+
+        ``Set-Cookie`` pinning the client when the location is sticky and the
+        request had no valid cookie for ``backend``; ``Location`` for a
+        redirecting ``return``; ``Allow`` for ``OPTIONS *``.
+        """
+        if self.return_answer is not None:
+            status, text = self.return_answer
+            if self.target.asterisk:
+                return [("Allow", ALLOW)]
+            if status in (301, 302, 303, 307, 308) and text:
+                return [("Location", text)]
+            return []
+        name = self.location.sticky_cookie
+        if not name or backend is None or self.upstream is None:
+            return []
+        if backend.name == self._sticky:
+            return []
+        token = sticky_token(self._router.config.sticky_secret, self.upstream, backend.name)
+        return [set_cookie(name, token, secure=self.head.scheme == "https")]
+
+    def __repr__(self) -> str:
+        where = self.upstream or (self.return_answer and f"return {self.return_answer[0]}")
+        return f"<Decision {self.route_name!r} -> {where}>"
+
+
+class Router:
+    """Routes request heads by a :class:`~lbkit.l7.model.RouterConfig`.
+
+    ``nginx_semantics`` (default: true unless the config came from a
+    ``.toml`` file) chooses the header behaviour: nginx's proxy module, or
+    lbkit's forwarding headers (see :meth:`Decision.upstream_headers`).
+    """
+
+    def __init__(
+        self, config: RouterConfig, *, seed: int = 0, nginx_semantics: bool | None = None
+    ) -> None:
+        self.config = config
+        if nginx_semantics is None:
+            nginx_semantics = not config.source.endswith(".toml")
+        self.nginx_semantics = nginx_semantics
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.pools: dict[str, Pool] = {}
+        for name, up in config.upstreams.items():
+            self.pools[name] = Pool(up, seed=seed)
+        self._ports = list(dict.fromkeys(ln.port for s in config.servers for ln in s.listens))
+        self.counters = dict.fromkeys(("requests", "routed", "canary", "sticky_hits"), 0)
+        self.rejected: dict[str, int] = {}
+        for s in config.servers:
+            for loc in s.locations:
+                if loc.split and loc.split.upstream not in self.pools:
+                    raise ValueError(
+                        f"{loc.origin or loc.pattern}: no upstream {loc.split.upstream!r}"
+                    )
+                if loc.proxy_pass and "$" not in loc.proxy_pass:
+                    with contextlib.suppress(ValueError):  # a bad one answers 502 when used
+                        self._pool_for(parse_proxy_pass(loc.proxy_pass))
+
+    # ------------------------------------------------------------------ pools
+    def _pool_for(self, proxy: ProxyPass) -> Pool:
+        """The pool a proxy_pass names: an ``upstream`` by name, else an implicit one."""
+        name = proxy.authority
+        if name in self.pools:
+            return self.pools[name]
+        split_address(name)  # validates
+        up = Upstream(name, [UpstreamServer(address=name)])
+        self.pools[name] = pool = Pool(up, seed=self.seed, scheme=proxy.scheme)
+        return pool
+
+    def set_backend_state(self, upstream: str, name: str, state: str) -> None:
+        """Operator or health check: ``up``, ``down`` or ``drain``. KeyError if unknown."""
+        if upstream not in self.pools:
+            raise KeyError(f"no upstream {upstream!r}")
+        self.pools[upstream].set_admin_state(name, state)
+
+    def stats(self) -> dict[str, object]:
+        """Counters and per-upstream backend state, JSON-able."""
+        ups = {name: pool.stats() for name, pool in self.pools.items()}
+        return {
+            **self.counters,
+            "rejected": dict(self.rejected),
+            "retries": sum(p.retries for p in self.pools.values()),
+            "retries_denied_by_budget": sum(p.budget.denied for p in self.pools.values()),
+            "upstreams": ups,
+        }
+
+    # ---------------------------------------------------------------- routing
+    def route(self, head: RequestHead, now: float) -> Decision | Reject:
+        """Decide where ``head`` goes, or how to refuse it."""
+        self.counters["requests"] += 1
+        try:
+            decision = self._route(head, now)
+        except _Refuse as r:
+            key = str(r.reject.status)
+            self.rejected[key] = self.rejected.get(key, 0) + 1
+            return r.reject
+        self.counters["routed"] += 1
+        return decision
+
+    def _server(self, host: str | None, port: int) -> ServerBlock | None:
+        """select_server on the local port; a router run on another port uses the config's."""
+        found = select_server(self.config.servers, host, port)
+        for p in self._ports:
+            if found is not None:
+                break
+            found = select_server(self.config.servers, host, p)
+        return found
+
+    def _check_head(self, head: RequestHead) -> str:
+        version = head.version.removeprefix("HTTP/")
+        major, _, minor = version.partition(".")
+        if major != "1" or not minor.isdigit():
+            raise _Refuse(
+                505, f"HTTP version {head.version!r} not supported", [("Connection", "close")]
+            )
+        version = "1.0" if minor == "0" else "1.1"  # RFC 9110 §2.5: a higher minor is 1.1
+        if not _TOKEN.fullmatch(head.method):
+            raise _bad(f"bad method {head.method!r}")
+        if head.method in ("CONNECT", "TRACE"):  # nginx answers TRACE 405 too
+            raise _Refuse(405, f"method {head.method} not allowed", [("Allow", ALLOW)])
+        for name, value in head.headers:
+            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+                raise _bad(f"invalid header field {name!r}")
+        return version
+
+    def _host(self, head: RequestHead, target: Target, version: str) -> HostPort | None:
+        hosts = values(head.headers, "host")
+        if len(hosts) > 1:
+            raise _bad("more than one Host header (RFC 9112 §3.2)")
+        if not hosts and version == "1.1":
+            raise _bad("HTTP/1.1 request without Host (RFC 9112 §3.2)")
+        try:
+            parsed = parse_host(hosts[0], head.scheme) if hosts else None
+        except BadHost as e:
+            raise _bad(f"invalid Host: {e}") from None
+        return target.authority or parsed  # RFC 9112 §3.2.2: absolute-form wins
+
+    def _route(self, head: RequestHead, now: float) -> Decision:
+        version = self._check_head(head)
+        try:
+            framing = request_framing(head.headers, version)
+        except BadFraming as e:
+            raise _Refuse(e.status, str(e), [("Connection", "close")]) from None
+        try:
+            target = parse_target(head.target, head.method, head.scheme)
+        except BadTarget as e:
+            raise _bad(str(e)) from None
+        host = self._host(head, target, version)
+        port = head.server[1]
+        sni = head.sni.lower().rstrip(".") if head.scheme == "https" and head.sni else None
+        server = self._server(host.host if host else sni, port)
+        if server is None:
+            raise _Refuse(404, "no server block for this request")
+        if sni and host and self._server(sni, port) is not server:
+            raise _Refuse(421, f"Host {host.host!r} is not served under TLS name {sni!r}")
+        cookies = parse_cookies(head.headers)
+        if target.asterisk:
+            location: Location | None = Location(pattern="*", return_status=200)
+        else:
+            eligible = [
+                loc for loc in server.locations if conditions_hold(loc, head.headers, cookies)
+            ]
+            location = match_location(eligible, target.uri)
+        if location is None:
+            raise _Refuse(404, f"no location for {target.uri!r}")
+        names = [n for n in server.server_names if n]
+        variables = RequestVars(
+            method=head.method,
+            request_uri=target.origin_form if target.authority else head.target,
+            uri=target.uri,
+            args=target.args,
+            host=host.host if host else (names[0] if names else ""),
+            headers=head.headers,
+            remote_addr=head.client[0],
+            remote_port=head.client[1],
+            server_addr=head.server[0],
+            server_port=head.server[1],
+            scheme=head.scheme,
+            server_name=names[0] if names else "",
+            version=version,
+            cookies=cookies,
+        )
+        d = Decision(self, head, target, host, server, location, variables, framing)
+        if location.return_status is not None:
+            d.return_answer = (location.return_status, variables.expand(location.return_body))
+            return d
+        if not location.proxy_pass:
+            raise _Refuse(
+                404, f"location {location.pattern!r} has no proxy_pass (lbkit serves no files)"
+            )
+        try:
+            d.proxy = parse_proxy_pass(variables.expand(location.proxy_pass))
+            pool = self._pool_for(d.proxy)
+        except ValueError as e:
+            raise _Refuse(502, str(e)) from None
+        variables.proxy_host = d.proxy.authority
+        self._choose_pool(d, pool, location, head, cookies)
+        return d
+
+    def _choose_pool(
+        self, d: Decision, main: Pool, loc: Location, head: RequestHead, cookies: dict[str, str]
+    ) -> None:
+        """Canary split, unless a valid sticky cookie already names a backend of either pool."""
+        split = self.pools[loc.split.upstream] if loc.split else None
+        token = cookies.get(loc.sticky_cookie) if loc.sticky_cookie else None
+        chosen = None
+        if token:
+            for pool in (main, split):
+                if pool is None:
+                    continue
+                names = [b.name for b in pool.backends]
+                name = resolve_token(self.config.sticky_secret, pool.name, names, token)
+                if name is not None:
+                    chosen, d._sticky = pool, name
+                    break
+        if chosen is None:
+            to_split = split is not None and to_canary(
+                loc.split, head.headers, head.client[0], self.rng
+            )
+            chosen = split if to_split else main
+        d.canary = split is not None and chosen is split
+        self.counters["canary"] += d.canary
+        d._pool = chosen
+        d.upstream = chosen.name
+
+    def _upstream_headers(self, d: Decision) -> Headers:
+        head = d.head
+        proxy_host = d.proxy.authority if d.proxy else ""
+        if self.nginx_semantics:
+            defaults = [("Host", proxy_host), ("Connection", "close")]
+        else:
+            host = str(d.host) if d.host else proxy_host
+            trusted = in_networks(head.client[0], self.config.trusted_proxies)
+            forwarding = lbkit_forwarding(
+                head.headers,
+                peer=head.client[0],
+                scheme=head.scheme,
+                host=host,
+                version=d.vars.version,
+                trusted=trusted,
+            )
+            defaults = [("Host", host), *forwarding]
+        return compose(head.headers, defaults, d.location.set_headers, d.vars)

@@ -1,0 +1,323 @@
+"""lbkit's own router config, in TOML, read into :class:`~lbkit.l7.model.RouterConfig`.
+
+The shape (``labs/l7/router.toml`` is a full example)::
+
+    trusted_proxies = ["10.0.1.2/32"]      # peers whose X-Forwarded-For is kept
+    sticky_secret = "change-me"            # shared by every router of a lab
+
+    [limits]                               # any field of lbkit.l7.model.Limits
+    proxy_connect_timeout = 2.0
+
+    [[server]]
+    listen = [80]                          # ports, "addr:port", or {port=, ssl=, default_server=}
+    server_name = ["app.example.com"]
+
+    [[server.route]]
+    path = "/api/"
+    match = "prefix"                       # prefix | exact | regex | iregex
+    headers = { user-agent = "(?i)mobile", "cookie:beta" = "^1$" }   # all must hold
+    pool = "api"                           # or proxy_pass = "http://10.0.1.9:8080/v2/", or
+    # return = { status = 301, body = "https://$host$request_uri" }
+    split = { pool = "canary", percent = 1, force_header = "x-canary", sticky = "request" }
+    sticky_cookie = "lbkit_sticky"
+    set_headers = { X-Route = "api" }      # nginx proxy_set_header, variables allowed
+    next_upstream = ["error", "timeout", "http_502"]
+    next_upstream_tries = 0
+
+    [pool.api]
+    algorithm = "least_connections"        # any lbkit.algorithms name
+    hash_key = "$remote_addr"              # ring_hash / maglev key (nginx variables)
+    servers = [{ address = "10.0.1.10:80", name = "api1", weight = 2 }]   # also backup,
+                                           # down, max_fails, fail_timeout, max_conns
+
+Routes of one server behave as nginx locations (exact, then longest prefix,
+then regexes in order); routes sharing a path are tried in file order and
+the first whose ``headers`` all hold wins. Every mistake is a
+:class:`~lbkit.lab.errors.LabError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from lbkit.algorithms import ALGORITHMS
+from lbkit.lab.errors import LabError
+
+from .model import (
+    HeaderMatch,
+    Limits,
+    Listen,
+    Location,
+    RouterConfig,
+    ServerBlock,
+    Split,
+    Upstream,
+    UpstreamServer,
+)
+from .pools import split_address
+from .retry import OUTCOMES
+
+MATCH = {"prefix": "", "exact": "=", "regex": "~", "iregex": "~*"}
+NEXT_UPSTREAM = (*OUTCOMES, "non_idempotent", "off")
+TOP = {"trusted_proxies", "sticky_secret", "limits", "server", "pool"}
+SERVER = {"listen", "server_name", "route", "ssl_certificate", "ssl_certificate_key"}
+ROUTE = {
+    "path", "match", "headers", "pool", "proxy_pass", "return", "split", "sticky_cookie",
+    "set_headers", "next_upstream", "next_upstream_tries",
+}  # fmt: skip
+POOL = {"algorithm", "hash_key", "servers"}
+BACKEND = {"address", "name", "weight", "backup", "down", "max_fails", "fail_timeout", "max_conns"}
+SPLIT = {"pool", "percent", "force_header", "sticky"}
+
+
+class _Reader:
+    """Typed access to TOML values, every error prefixed with ``file: key``."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, message: str) -> LabError:
+        return LabError(f"{self.source}: {key}: {message}")
+
+    def table(self, value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, "expected a table")
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise self.fail(
+                f"{key}.{unknown[0]}", f"unknown key; known: {', '.join(sorted(allowed))}"
+            )
+        return value
+
+    def mapping(self, value: Any, key: str) -> dict[str, Any]:
+        """A table with any keys."""
+        if not isinstance(value, dict):
+            raise self.fail(key, "expected a table")
+        return value
+
+    def typed(self, value: Any, key: str, kind: type | tuple[type, ...], what: str) -> Any:
+        if isinstance(value, bool) and kind is not bool:
+            raise self.fail(key, f"expected {what}, got {value!r}")
+        if not isinstance(value, kind):
+            raise self.fail(key, f"expected {what}, got {value!r}")
+        return value
+
+    def strings(self, value: Any, key: str) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, "expected a list of strings")
+        return value
+
+    def regex(self, value: Any, key: str) -> str:
+        self.typed(value, key, str, "a regular expression")
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise self.fail(key, f"bad regular expression {value!r}: {e}") from None
+        return value
+
+
+def _listen(r: _Reader, value: Any, key: str) -> Listen:
+    if isinstance(value, dict):
+        r.table(value, key, {"port", "address", "ssl", "default_server"})
+        if "port" not in value:
+            raise r.fail(key, "a listen table needs port")
+        ln = _listen(r, value["port"], f"{key}.port")
+        ln.address = r.typed(value.get("address", ln.address), f"{key}.address", str, "an address")
+        ln.ssl = r.typed(value.get("ssl", False), f"{key}.ssl", bool, "true or false")
+        ln.default_server = r.typed(
+            value.get("default_server", False), f"{key}.default_server", bool, "true or false"
+        )
+        return ln
+    if isinstance(value, str) and ":" in value:
+        try:
+            address, port = split_address(value)
+        except ValueError as e:
+            raise r.fail(key, str(e)) from None
+        return Listen(port=port, address=address, origin=f"{r.source}: {key}")
+    port = r.typed(value, key, int, "a port number") if not isinstance(value, str) else value
+    if not str(port).isdigit() or not 0 < int(port) < 65536:
+        raise r.fail(key, f"port {value!r} is out of range 1-65535")
+    return Listen(port=int(port), origin=f"{r.source}: {key}")
+
+
+def _split(r: _Reader, value: Any, key: str, pools: dict[str, Any]) -> Split:
+    r.table(value, key, SPLIT)
+    if value.get("pool") not in pools:
+        raise r.fail(f"{key}.pool", f"no pool named {value.get('pool')!r}")
+    percent = r.typed(value.get("percent"), f"{key}.percent", (int, float), "a number 0-100")
+    if not 0 <= percent <= 100:
+        raise r.fail(f"{key}.percent", f"{percent} is not within 0-100")
+    sticky = value.get("sticky", "request")
+    if sticky not in ("request", "client"):
+        raise r.fail(f"{key}.sticky", f"{sticky!r} is not one of request, client")
+    force = value.get("force_header")
+    if force is not None:
+        force = r.typed(force, f"{key}.force_header", str, "a header name").lower()
+    return Split(value["pool"], float(percent), force, sticky)
+
+
+def _route(r: _Reader, value: Any, key: str, pools: dict[str, Any]) -> Location:
+    r.table(value, key, ROUTE)
+    path = r.typed(value.get("path"), f"{key}.path", str, "a path")
+    match = value.get("match", "prefix")
+    if match not in MATCH:
+        raise r.fail(f"{key}.match", f"{match!r} is not one of {', '.join(MATCH)}")
+    if MATCH[match] in ("~", "~*"):
+        r.regex(path, f"{key}.path")
+    elif not path.startswith("/"):
+        raise r.fail(f"{key}.path", f"{path!r} must start with '/'")
+    loc = Location(pattern=path, modifier=MATCH[match], origin=f"{r.source}: {key}")
+    targets = [k for k in ("pool", "proxy_pass", "return") if k in value]
+    if len(targets) != 1:
+        raise r.fail(key, "give exactly one of pool, proxy_pass, return")
+    if "pool" in value:
+        if value["pool"] not in pools:
+            raise r.fail(f"{key}.pool", f"no pool named {value['pool']!r}")
+        loc.proxy_pass = f"http://{value['pool']}"
+    elif "proxy_pass" in value:
+        loc.proxy_pass = r.typed(value["proxy_pass"], f"{key}.proxy_pass", str, "a URL")
+        if not re.fullmatch(r"https?://[^/?#]+.*", loc.proxy_pass):
+            raise r.fail(f"{key}.proxy_pass", "expected http[s]://host[:port][/uri]")
+    else:
+        ret = r.table(value["return"], f"{key}.return", {"status", "body"})
+        loc.return_status = r.typed(ret.get("status"), f"{key}.return.status", int, "a status")
+        if not 100 <= loc.return_status <= 599:
+            raise r.fail(f"{key}.return.status", f"{loc.return_status} is not an HTTP status")
+        loc.return_body = r.typed(ret.get("body", ""), f"{key}.return.body", str, "text")
+    for name, regex in r.mapping(value.get("headers", {}), f"{key}.headers").items():
+        loc.matches.append(HeaderMatch(name.lower(), r.regex(regex, f"{key}.headers.{name}")))
+    if "split" in value:
+        loc.split = _split(r, value["split"], f"{key}.split", pools)
+    if "sticky_cookie" in value:
+        cookie = r.typed(value["sticky_cookie"], f"{key}.sticky_cookie", str, "a cookie name")
+        if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", cookie):
+            raise r.fail(f"{key}.sticky_cookie", f"{cookie!r} is not a valid cookie name")
+        loc.sticky_cookie = cookie
+    for name, text in r.mapping(value.get("set_headers", {}), f"{key}.set_headers").items():
+        loc.set_headers.append((name, r.typed(text, f"{key}.set_headers.{name}", str, "text")))
+    if "next_upstream" in value:
+        nu = r.strings(value["next_upstream"], f"{key}.next_upstream")
+        bad = [v for v in nu if v not in NEXT_UPSTREAM]
+        if bad:
+            raise r.fail(
+                f"{key}.next_upstream", f"{bad[0]!r} is not one of {', '.join(NEXT_UPSTREAM)}"
+            )
+        loc.next_upstream = nu
+    tries = r.typed(
+        value.get("next_upstream_tries", 0), f"{key}.next_upstream_tries", int, "a count"
+    )
+    if tries < 0:
+        raise r.fail(f"{key}.next_upstream_tries", "must be >= 0")
+    loc.next_upstream_tries = tries
+    return loc
+
+
+def _server(r: _Reader, value: Any, key: str, pools: dict[str, Any]) -> ServerBlock:
+    r.table(value, key, SERVER)
+    listens = value.get("listen", [80])
+    if not isinstance(listens, list) or not listens:
+        raise r.fail(f"{key}.listen", "expected a non-empty list")
+    block = ServerBlock(
+        listens=[_listen(r, v, f"{key}.listen[{i}]") for i, v in enumerate(listens)],
+        server_names=[
+            n.lower() for n in r.strings(value.get("server_name", []), f"{key}.server_name")
+        ],
+        origin=f"{r.source}: {key}",
+    )
+    for k in ("ssl_certificate", "ssl_certificate_key"):
+        if k in value:
+            setattr(block, k, r.typed(value[k], f"{key}.{k}", str, "a file name"))
+    routes = value.get("route", [])
+    if not isinstance(routes, list) or not routes:
+        raise r.fail(f"{key}.route", "a server needs at least one [[server.route]]")
+    block.locations = [_route(r, v, f"{key}.route[{i}]", pools) for i, v in enumerate(routes)]
+    return block
+
+
+def _backend(r: _Reader, value: Any, key: str) -> UpstreamServer:
+    r.table(value, key, BACKEND)
+    address = r.typed(value.get("address"), f"{key}.address", str, "host:port")
+    try:
+        split_address(address)
+    except ValueError as e:
+        raise r.fail(f"{key}.address", str(e)) from None
+    s = UpstreamServer(address=address, origin=f"{r.source}: {key}")
+    for name, kind, what in (
+        ("name", str, "a name"),
+        ("weight", int, "an integer >= 1"),
+        ("backup", bool, "true or false"),
+        ("down", bool, "true or false"),
+        ("max_fails", int, "an integer >= 0"),
+        ("fail_timeout", (int, float), "seconds"),
+        ("max_conns", int, "an integer >= 0"),
+    ):
+        if name in value:
+            setattr(s, name, r.typed(value[name], f"{key}.{name}", kind, what))
+    if s.weight < 1 or s.max_fails < 0 or s.max_conns < 0 or s.fail_timeout < 0:
+        raise r.fail(key, "weight must be >= 1; max_fails, max_conns, fail_timeout >= 0")
+    s.fail_timeout = float(s.fail_timeout)
+    return s
+
+
+def _pool(r: _Reader, name: str, value: Any) -> Upstream:
+    key = f"pool.{name}"
+    r.table(value, key, POOL)
+    algorithm = value.get("algorithm", "weighted_round_robin")
+    if algorithm not in ALGORITHMS:
+        raise r.fail(f"{key}.algorithm", f"unknown {algorithm!r}; one of {', '.join(ALGORITHMS)}")
+    servers = value.get("servers")
+    if not isinstance(servers, list) or not servers:
+        raise r.fail(f"{key}.servers", "expected a non-empty list of {address=...} tables")
+    backends = [_backend(r, v, f"{key}.servers[{i}]") for i, v in enumerate(servers)]
+    names = [b.name or b.address for b in backends]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise r.fail(f"{key}.servers", f"two servers named {dup!r}")
+    hash_key = value.get("hash_key")
+    if hash_key is not None:
+        r.typed(hash_key, f"{key}.hash_key", str, "an nginx variable expression")
+    return Upstream(name, backends, algorithm, hash_key, origin=f"{r.source}: {key}")
+
+
+def parse_router_toml(data: dict[str, Any], source: str = "<memory>.toml") -> RouterConfig:
+    """Build a RouterConfig from parsed TOML ``data``; ``source`` names it in errors."""
+    r = _Reader(source)
+    r.table(data, "(top level)", TOP)
+    pools_data = r.mapping(data.get("pool", {}), "pool")
+    upstreams = {name: _pool(r, name, v) for name, v in pools_data.items()}
+    servers = data.get("server")
+    if not isinstance(servers, list) or not servers:
+        raise r.fail("server", "at least one [[server]] is needed")
+    blocks = [_server(r, v, f"server[{i}]", upstreams) for i, v in enumerate(servers)]
+    limits = Limits()
+    known = {f.name: f for f in fields(Limits)}
+    for name, val in r.table(data.get("limits", {}), "limits", set(known)).items():
+        kind = (int, float) if known[name].type in ("float", float) else int
+        setattr(limits, name, r.typed(val, f"limits.{name}", kind, "a number"))
+    trusted = r.strings(data.get("trusted_proxies", []), "trusted_proxies")
+    for i, cidr in enumerate(trusted):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise r.fail(f"trusted_proxies[{i}]", f"{cidr!r} is not an address or CIDR") from None
+    config = RouterConfig(blocks, upstreams, limits, trusted, source=source)
+    if "sticky_secret" in data:
+        config.sticky_secret = r.typed(data["sticky_secret"], "sticky_secret", str, "text")
+    return config
+
+
+def load_router_toml(path: str | Path) -> RouterConfig:
+    """Read a router TOML file; a LabError names the file and the key of any mistake."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise LabError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise LabError(f"{path}: not valid TOML: {e}") from None
+    return parse_router_toml(data, str(path))
