@@ -375,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lbkit.l4.cli import add_l4_parser
 
     add_l4_parser(sub)
+    from lbkit.l7.cli import add_l7_parser
+
+    add_l7_parser(sub)
     return parser
 
 
