@@ -92,8 +92,9 @@ class Backend:
     """An h11 server. Paths: /echo (JSON of what arrived), /chunked?n=&size= (a chunked
     answer; /chunked?gate=1 waits for ``gate`` after the first chunk), /big?n= (Content-Length),
     /slow (never answers), /hold (answers once ``release`` is set), /status/CODE, /garbage
-    (not HTTP), /cut (a body cut short by a reset); anything else 404. ``mode`` "reset"
-    aborts each connection when a request arrives; "502" answers 502 to everything."""
+    (not HTTP), /bighead (a 100 kB head), /cut (a body cut short by a reset); else 404.
+    ``mode`` "reset" aborts each connection when a request arrives; "502" answers 502 to
+    everything."""
 
     name: str
     mode: str = "ok"
@@ -180,6 +181,9 @@ class H11Server(asyncio.Protocol):
             path = "/status/502"
         if path == "/slow":
             return  # never answers
+        if path == "/bighead":  # a response head of 100 kB
+            self.t.write(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\n")  # type: ignore[attr-defined]
+            return
         if path == "/garbage":
             self.t.write(b"NOT HTTP AT ALL\r\n\r\n")  # type: ignore[attr-defined]
             self.t.close()  # type: ignore[attr-defined]
@@ -723,6 +727,13 @@ def test_an_unparseable_backend_answer_is_502(lab: Lab) -> None:
     _, _, p = one_backend(lab)
     with client(p) as c:
         assert c.request("GET", "/garbage").status == 502
+
+
+def test_a_backend_answer_with_a_huge_head_is_502(lab: Lab) -> None:
+    """A response head over 64 KiB is refused (nginx: "upstream sent too big header")."""
+    _, _, p = one_backend(lab)
+    with client(p) as c:
+        assert c.request("GET", "/bighead").status == 502
 
 
 def test_a_backend_that_breaks_mid_body_drops_the_client_connection(lab: Lab) -> None:

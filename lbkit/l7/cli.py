@@ -292,6 +292,13 @@ def _run(args: argparse.Namespace) -> int:
         for message in e.errors:
             print(f"lbkit l7: [emerg] {message}", file=sys.stderr)
         return 1
+    if not listen:
+        for server in getattr(config, "servers", []):
+            for ln in server.listens:
+                if ln.ssl:
+                    where = f" ({ln.origin})" if ln.origin else ""
+                    print(f"lbkit l7: [warn] listen {ln.address}:{ln.port} ssl{where}: TLS is not "
+                          "served by this proxy yet; skipped", file=sys.stderr)  # fmt: skip
     listen = listen or listen_addresses(config)
     if not listen:
         print(

@@ -33,7 +33,11 @@ Rules and their sources:
   §5 has the precise code), 502 the backend broke, 503 no backend, 504 the
   backend timed out (nginx ``ngx_http_upstream_next``);
 * hop-by-hop fields never cross (RFC 9110 §7.6.1; the router rewrites the
-  request's, :mod:`lbkit.l7.upstream` drops the response's).
+  request's, :mod:`lbkit.l7.upstream` drops the response's);
+* a client that closes its side abandons what it asked (nginx logs 499 and
+  closes the upstream request, ``proxy_ignore_client_abort off``); after a
+  last answer the proxy half-closes and reads until the client closes, for
+  at most :data:`LINGER_SECONDS` (nginx ``lingering_close``).
 
 The admin API (``GET /stats`` JSON, ``GET /metrics`` Prometheus) listens on
 its own address, never on the public one.
@@ -86,6 +90,7 @@ F_NONE, F_LENGTH, F_CHUNKED = 0, 1, 2
 _FRAMINGS = {"none": F_NONE, "length": F_LENGTH, "chunked": F_CHUNKED}
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 _REJECTED = object()  # a route() result without return_answer: a Reject
+_NO_BYTES: list[bytes] = []  # shared empty default, never appended to
 
 
 def _status_line(status: int, reason: bytes = b"") -> bytes:
@@ -272,7 +277,7 @@ class Exchange:
         self.framing = F_NONE
         self.body_done = False
         self.body_total = 0
-        self.pending: list[bytes] = []
+        self.pending: list[bytes] = _NO_BYTES  # replaced by a list when body waits
         self.pending_bytes = 0
         self.kept: list[bytes] | None = None
         self.kept_bytes = 0
@@ -289,7 +294,7 @@ class Exchange:
         self.started = False
         self.finished = False
         self.status = 0
-        self.out: list[bytes] = []
+        self.out: list[bytes] = _NO_BYTES  # set by upstream_head
         self.rechunk = False
         self.resp_bytes = 0
         self.t0 = 0.0
@@ -323,6 +328,8 @@ class Exchange:
                 up.transport.write(data)  # type: ignore[union-attr]
             up.rx = True
         elif self.decision is not None:
+            if self.pending is _NO_BYTES:
+                self.pending = []
             self.pending.append(data)
             self.pending_bytes += n
             if self.pending_bytes > BUFFER_HIGH:
@@ -419,7 +426,7 @@ class Exchange:
                         parts += (b"%x\r\n" % len(chunk), chunk, _CRLF)
                 else:
                     parts += self.pending
-                self.pending = []
+                self.pending = _NO_BYTES
                 self.pending_bytes = 0
                 self.conn.resume(PAUSE_BUFFER)
             if self.body_done and framing == F_CHUNKED:
@@ -626,7 +633,45 @@ class Exchange:
 
 
 class ClientConnection(asyncio.Protocol):
-    """One client connection: parse requests, run their exchanges in order, answer."""
+    """One client connection: parse requests, run their exchanges in order, answer.
+
+    (``__slots__`` names every attribute: a little faster, and a typo fails loudly.)
+    """
+
+    __slots__ = (
+        "_linger",
+        "active",
+        "clen",
+        "client",
+        "closing",
+        "connection",
+        "cur",
+        "expect",
+        "hbytes",
+        "head_rx",
+        "head_since",
+        "headers",
+        "hosts",
+        "idle_since",
+        "keep",
+        "loop",
+        "max_headers",
+        "max_line",
+        "parse_done",
+        "parser",
+        "pause_mask",
+        "proxy",
+        "pstate",
+        "queue",
+        "rx",
+        "rx_at",
+        "served",
+        "server",
+        "te",
+        "transport",
+        "url",
+        "wpaused",
+    )
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
@@ -652,7 +697,7 @@ class ClientConnection(asyncio.Protocol):
         self.max_line = limits.large_client_header_buffers
         self.max_headers = limits.max_headers_bytes
         self.keep = True
-        # the request being parsed (reset by on_message_begin)
+        # the request head being parsed (reset at the end of each head)
         self.url = b""
         self.headers: list[tuple[str, str]] = []
         self.hbytes = 0

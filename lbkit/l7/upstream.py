@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
+import logging
 from collections import deque
 from typing import Protocol
 
 from httptools import HttpParserError, HttpResponseParser
+
+log = logging.getLogger(__name__)
 
 #: RFC 9110 §7.6.1 (and the obsolete Proxy-Connection, RFC 9112 §C.2.2): fields
 #: for one hop only, never forwarded.
@@ -37,6 +39,7 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+MAX_HEAD = 64 * 1024  # a response head longer than this is refused (nginx proxy_buffer_size)
 _SPECIAL_LENGTHS = frozenset(len(n) for n in [*HOP_BY_HOP, b"content-length"])
 _COLON = b": "
 _CRLF = b"\r\n"
@@ -76,6 +79,30 @@ class UpstreamConnection(asyncio.Protocol):
     a Content-Length carries no body, so the head alone completes it.
     """
 
+    __slots__ = (
+        "_interim",
+        "address",
+        "chunked",
+        "closed",
+        "got_bytes",
+        "head_done",
+        "head_rx",
+        "headers",
+        "idle_since",
+        "length",
+        "no_body",
+        "parser",
+        "pool",
+        "read_paused",
+        "requests",
+        "reused",
+        "rx",
+        "rx_at",
+        "sink",
+        "status",
+        "transport",
+    )
+
     def __init__(self, pool: UpstreamPool, address: str) -> None:
         self.pool = pool
         self.address = address
@@ -97,14 +124,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.length: bytes | None = None  # Content-Length as sent
         self.chunked = False
         self.head_done = False
+        self.head_rx = 0
 
     # ------------------------------------------------------------ transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = transport  # type: ignore[assignment]  # (uvloop sets TCP_NODELAY)
 
     def data_received(self, data: bytes) -> None:
         self.rx = True
@@ -120,12 +144,23 @@ class UpstreamConnection(asyncio.Protocol):
             if sink is not None:
                 self.sink = None
                 outcome = "error" if self.head_done else "invalid_header"
+                cause = e.__context__
+                if cause is not None and not isinstance(cause, HttpParserError):
+                    log.error("proxy bug while reading %s", self.address, exc_info=cause)
                 sink.upstream_failed(self, outcome, f"invalid response: {e}")
             self.close()
             return
         sink = self.sink
-        if sink is not None:
+        if sink is None:
+            return
+        if self.head_done:
             sink.upstream_flush()
+            return
+        self.head_rx += len(data)  # all of it head: llhttp holds no body before the head ends
+        if self.head_rx > MAX_HEAD:  # nginx: "upstream sent too big header"
+            self.sink = None
+            sink.upstream_failed(self, "invalid_header", f"response head over {MAX_HEAD} bytes")
+            self.close()
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
@@ -207,6 +242,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.no_body = no_body
         self.got_bytes = False
         self.head_done = False
+        self.head_rx = 0
         self.status = 0
         self.headers = []
         self.length = None
