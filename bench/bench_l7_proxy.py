@@ -23,14 +23,14 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from lbkit._net import free_ports, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -44,29 +44,6 @@ TARGETS = {  # lbkit vs the others (the brief): req/s and CPU per request
     "cpu_vs_nginx": 1.5,
     "rps_vs_aiohttp": 5.0,
 }
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind((IP, 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def wait_port(port: int, proc: subprocess.Popen, deadline_s: float = 15.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection((IP, port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port} within {deadline_s} s")
 
 
 def nginx_conf(prefix: Path, http_block: str) -> Path:
@@ -136,7 +113,7 @@ def start(procs: list[Proc], name: str, argv: list[str], port: int, logs: Path, 
         popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, **kw)
     proc = Proc(name, popen, log)
     procs.append(proc)
-    wait_port(port, popen)
+    wait_listening(port, popen, 15.0, IP)
     return proc
 
 
@@ -329,7 +306,7 @@ def main() -> int:
     only = set(args.only or ["nginx", "lbkit", "aiohttp"])
 
     tmp = Path(tempfile.mkdtemp(prefix="lbkit-bench-l7-"))
-    ports = free_ports(args.backends + 3)
+    ports = free_ports(args.backends + 3, IP)
     backend_ports, (p_nginx, p_lbkit, p_aiohttp) = ports[: args.backends], ports[args.backends :]
     addresses = [f"{IP}:{p}" for p in backend_ports]
     procs: list[Proc] = []

@@ -49,6 +49,7 @@ from crossplane.errors import NgxParserDirectiveError
 from lbkit.lab.errors import LabError
 
 from .model import Limits, Listen, Location, RouterConfig, ServerBlock, Upstream, UpstreamServer
+from .retry import OUTCOMES
 
 __all__ = [
     "NginxCheck",
@@ -175,23 +176,7 @@ _DEFINES = {"set": 0, "map": 1, "split_clients": 1, "geo": -1}
 
 _VAR = re.compile(r"\$(?:\{(\w*)\}|(\w*))")
 _NAMED_GROUP = re.compile(r"\(\?(?:P?<([A-Za-z_]\w*)>|'([A-Za-z_]\w*)')")
-_NEXT_UPSTREAM = frozenset(
-    {
-        "error",
-        "timeout",
-        "invalid_header",
-        "http_500",
-        "http_502",
-        "http_503",
-        "http_504",
-        "http_403",
-        "http_404",
-        "http_429",
-        "updating",
-        "non_idempotent",
-        "off",
-    }
-)
+_NEXT_UPSTREAM = frozenset({*OUTCOMES, "updating", "non_idempotent", "off"})
 # Python's re errors in PCRE2's words, for the common slips (pcre2_compile's messages);
 # True: PCRE2 points at the error's offset, and nginx adds ' at "REST OF PATTERN"'.
 _PCRE_WORDS = {
