@@ -93,6 +93,10 @@ def _bad(reason: str) -> _Refuse:
     return _Refuse(400, reason, [("Connection", "close")])
 
 
+#: Distinct (Host, port) pairs remembered by Router._server before the cache starts over.
+SERVER_CACHE_SIZE = 1024
+
+
 @dataclass(frozen=True)
 class ProxyPass:
     """``proxy_pass scheme://authority[uri]``: ``uri`` is None when there is no URI part."""
@@ -102,7 +106,9 @@ class ProxyPass:
     uri: str | None
 
 
+@lru_cache(maxsize=4096)
 def parse_proxy_pass(text: str) -> ProxyPass:
+    """``proxy_pass``'s URL, parsed once per distinct text (a pure function, so cached)."""
     m = _PROXY_PASS.fullmatch(text.strip())
     if not m:
         raise ValueError(f"proxy_pass {text!r}: expected http[s]://host[:port][/uri]")
@@ -370,6 +376,9 @@ class Router:
         for name, up in config.upstreams.items():
             self.pools[name] = Pool(up, seed=seed)
         self._ports = list(dict.fromkeys(ln.port for s in config.servers for ln in s.listens))
+        #: (host, port) -> server block: pure for one config (a reload builds a new Router).
+        #: Hosts come from clients, so the cache is bounded and simply cleared when full.
+        self._servers: dict[tuple[str | None, int], ServerBlock | None] = {}
         self.counters = dict.fromkeys(("requests", "routed", "canary", "sticky_hits"), 0)
         self.rejected: dict[str, int] = {}
         for s in config.servers:
@@ -425,6 +434,17 @@ class Router:
 
     def _server(self, host: str | None, port: int) -> ServerBlock | None:
         """select_server on the local port; a router run on another port uses the config's."""
+        key = (host, port)
+        try:
+            return self._servers[key]
+        except KeyError:
+            pass
+        if len(self._servers) >= SERVER_CACHE_SIZE:
+            self._servers.clear()
+        found = self._servers[key] = self._select(host, port)
+        return found
+
+    def _select(self, host: str | None, port: int) -> ServerBlock | None:
         found = select_server(self.config.servers, host, port)
         for p in self._ports:
             if found is not None:
