@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from lbkit.l7.router import RequestHead
+
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -28,18 +30,6 @@ HOP_BY_HOP = frozenset(
 _NO_BODY = ("none", 0)
 _CHUNKED = ("chunked", None)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
-
-@dataclass(slots=True)
-class RequestHead:
-    method: str
-    target: str
-    version: str
-    headers: list[tuple[str, str]]
-    client: tuple[str, int]
-    server: tuple[str, int]
-    scheme: str = "http"
-    sni: str | None = None
 
 
 @dataclass

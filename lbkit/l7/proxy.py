@@ -52,7 +52,6 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -60,6 +59,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from . import accesslog
 from .model import Limits
+from .router import RequestHead
 from .upstream import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -155,31 +155,6 @@ TEXTS = {
     503: "503 service unavailable: no backend available",
     504: "504 gateway timeout: the backend did not answer in time",
 }
-
-
-@dataclass(slots=True)
-class _RequestHead:
-    """Stand-in for :class:`lbkit.l7.router.RequestHead` while that module is absent."""
-
-    method: str
-    target: str
-    version: str
-    headers: list[tuple[str, str]]
-    client: tuple[str, int]
-    server: tuple[str, int]
-    scheme: str = "http"
-    sni: str | None = None
-
-
-def request_head_type() -> type:
-    """The router's RequestHead class when :mod:`lbkit.l7.router` exists, else a stand-in."""
-    try:
-        from .router import RequestHead  # type: ignore[import-not-found]
-    except ModuleNotFoundError as e:
-        if e.name not in ("lbkit.l7.router", __package__ + ".router"):
-            raise
-        return _RequestHead
-    return RequestHead
 
 
 class _Reject(Exception):
@@ -1075,7 +1050,7 @@ class Proxy:
         self.router = router
         self.limits = limits or Limits()
         self.keepalive = self.limits.keepalive_timeout > 0
-        self.head_type = request_head_type()
+        self.head_type = RequestHead
         self.access_log = accesslog.enabled() if access_log is None else access_log
         self.pool = UpstreamPool(max_idle=max_idle)
         self.counters = Counters()
