@@ -26,22 +26,13 @@ from pathlib import Path
 
 import tomli_w
 
+from lbkit._nginx import write_nginx_conf
 from lbkit._proc import stop_group
 from lbkit.l4.labtopo import VIP, l4_topology_data
 from lbkit.lab import Lab
 
 PORT = 8080
-NGINX_CONF = """worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log stderr error;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;
-  fastcgi_temp_path {prefix}/fcgi; uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi;
-  server {{ listen {port} reuseport backlog=4096; location / {{ return 200 "ok\\n"; }} }}
-}}
-"""
+SERVER = '  server {{ listen {port} reuseport backlog=4096; location / {{ return 200 "ok\\n"; }} }}'
 CASES = [("nat", "nftables"), ("nat", "fast"), ("nat", "scapy"), ("dsr", "fast")]
 
 
@@ -57,9 +48,7 @@ def topology(path: Path, mode: str, engine: str) -> Path:
 
 def start_nginx(lab: Lab, host: str, work: Path) -> subprocess.Popen:
     prefix = work / host
-    prefix.mkdir(parents=True, exist_ok=True)
-    prefix.chmod(0o755)
-    (prefix / "nginx.conf").write_text(NGINX_CONF.format(prefix=prefix, port=PORT))
+    write_nginx_conf(prefix, SERVER.format(port=PORT), error_level="error", worker_connections=4096)
     argv = [
         *lab.exec_prefix(host),
         shutil.which("nginx") or "/usr/sbin/nginx",

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lbkit._net import free_ports, wait_listening
+from lbkit._nginx import write_nginx_conf
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -47,22 +48,7 @@ TARGETS = {  # lbkit vs the others (the brief): req/s and CPU per request
 
 
 def nginx_conf(prefix: Path, http_block: str) -> Path:
-    prefix.mkdir(parents=True, exist_ok=True)
-    conf = prefix / "nginx.conf"
-    conf.write_text(
-        "worker_processes 1;\n"
-        f"pid {prefix}/nginx.pid;\n"
-        "error_log stderr error;\n"
-        "events { worker_connections 4096; }\n"
-        "http {\n"
-        "  access_log off;\n"
-        f"  client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;\n"
-        f"  fastcgi_temp_path {prefix}/fcgi; uwsgi_temp_path {prefix}/uwsgi;\n"
-        f"  scgi_temp_path {prefix}/scgi;\n"
-        f"{http_block}\n"
-        "}\n"
-    )
-    return conf
+    return write_nginx_conf(prefix, http_block, error_level="error", worker_connections=4096)
 
 
 @dataclass

@@ -4,37 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 from lbkit._net import free_ports, wait_listening
+from lbkit._nginx import NGINX, write_nginx_conf
 
 __all__ = ["NGINX", "free_ports", "get_body", "run_nginx", "wait_listening"]
-
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 
 @contextlib.contextmanager
 def run_nginx(http_block: str, prefix: Path, probe_port: int) -> Iterator[None]:
     """Start nginx with ``http_block`` inside ``http {}``; stop it (by pid) on exit."""
     assert NGINX, "nginx is not installed (make system-deps)"
-    prefix.chmod(0o755)
-    conf = prefix / "nginx.conf"
-    conf.write_text(
-        "worker_processes 1;\n"
-        f"pid {prefix}/nginx.pid;\n"
-        "error_log stderr warn;\n"
-        "events { worker_connections 64; }\n"
-        "http {\n"
-        "  access_log off;\n"
-        f"  client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;\n"
-        f"  fastcgi_temp_path {prefix}/fcgi; uwsgi_temp_path {prefix}/uwsgi;\n"
-        f"  scgi_temp_path {prefix}/scgi;\n"
-        f"{http_block}\n"
-        "}\n"
-    )
+    conf = write_nginx_conf(prefix, http_block)
     proc = subprocess.Popen(
         [NGINX, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
         stdout=subprocess.DEVNULL,
