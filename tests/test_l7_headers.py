@@ -333,3 +333,27 @@ def test_nginx_semantics_flag_overrides_source():
     block = ServerBlock([Listen(80)], ["example.com"], [Location("/", proxy_pass="http://api")])
     router = Router(RouterConfig([block], {"api": up}), nginx_semantics=False)
     assert "Via" in dict(_upstream_headers(router, [("Host", "example.com")]))
+
+
+# ------------------------------------------------- the per-location plan == compose
+_NAMES = ["Host", "host", "Connection", "X-Forwarded-For", "Via", "Accept", "Keep-Alive",
+          "TE", "Cookie", "X-Custom", "Upgrade", "Expect"]  # fmt: skip
+_FIELD = st.tuples(st.sampled_from(_NAMES), st.sampled_from(["", "a", "close, x-custom", "$host"]))
+
+
+@given(
+    client=st.lists(st.tuples(st.sampled_from(_NAMES), st.sampled_from(["1", "close, x-custom"]))),
+    defaults=st.sampled_from([("Host", "Connection"), ("Host", "X-Forwarded-For", "Via")]),
+    values=st.lists(st.sampled_from(["", "v", "w"]), min_size=3, max_size=3),
+    set_headers=st.lists(_FIELD, max_size=4),
+)
+def test_header_plan_equals_compose(client, defaults, values, set_headers):
+    """HeaderPlan (what the router runs) gives exactly compose's list (the stated rule)."""
+    from lbkit.l7.headerplan import HeaderPlan
+
+    variables = RequestVars("GET", "/", "/", None, "h.example", client, *CLIENT, *LOCAL)
+    default_fields = list(zip(defaults, values, strict=False))
+    expected = compose(client, default_fields, set_headers, variables)
+    plan = HeaderPlan(defaults, set_headers)
+    connection = any(n.lower() == "connection" for n, _ in client)
+    assert plan.build(client, default_fields, lambda: variables, connection) == expected

@@ -175,6 +175,8 @@ def compose(
 # ------------------------------------------------------------------ forwarding
 def in_networks(address: str, networks: Iterable[str]) -> bool:
     """Whether ``address`` lies in one of the CIDRs (``trusted_proxies``)."""
+    if not networks:
+        return False
     try:
         ip = ipaddress.ip_address(address.strip("[]"))
     except ValueError:
@@ -221,11 +223,14 @@ def lbkit_forwarding(
     and X-Forwarded-Host keep the first proxy's view. ``Via`` always grows
     (RFC 9110 §7.6.3: each proxy appends ``protocol-version pseudonym``).
     """
-    xff = add_x_forwarded_for(client, peer) if trusted else peer
     element = forwarded_element(peer, scheme, host)
-    seen = joined(client, "forwarded") if trusted else None
-    proto = (joined(client, "x-forwarded-proto") if trusted else None) or scheme
-    fhost = (joined(client, "x-forwarded-host") if trusted else None) or host
+    if trusted:
+        xff = add_x_forwarded_for(client, peer)
+        seen = joined(client, "forwarded")
+        proto = joined(client, "x-forwarded-proto") or scheme
+        fhost = joined(client, "x-forwarded-host") or host
+    else:
+        xff, seen, proto, fhost = peer, None, scheme, host
     via = joined(client, "via")
     return [
         ("X-Forwarded-For", xff),
@@ -255,8 +260,13 @@ def request_framing(headers: Sequence[tuple[str, str]], version: str) -> tuple[s
     (RFC 9112 §6.1). Content-Length must be one non-negative integer
     (repeated identical values are one value, §6.3 rule 5).
     """
-    te = values(headers, "transfer-encoding")
-    cl = values(headers, "content-length")
+    return framing_of(
+        values(headers, "transfer-encoding"), values(headers, "content-length"), version
+    )
+
+
+def framing_of(te: Sequence[str], cl: Sequence[str], version: str) -> tuple[str, int | None]:
+    """:func:`request_framing` from the values of Transfer-Encoding and Content-Length."""
     if te:
         if cl:
             raise BadFraming(400, "both Content-Length and Transfer-Encoding")

@@ -146,7 +146,9 @@ class Pool:
         return any(self.choosable(b.name, now) for b in self.backends if b.name not in exclude)
 
     # ------------------------------------------------------------- picking
-    def _pick_hiding(self, flow: Flow, now: float, exclude: Collection[str]) -> Backend | None:
+    def _pick_hiding(
+        self, flow: Flow | None, now: float, exclude: Collection[str]
+    ) -> Backend | None:
         hidden = {
             b.name: self.balancer.state(b)
             for b in self.backends
@@ -162,10 +164,17 @@ class Pool:
             for name, state in hidden.items():
                 self.balancer.set_state(name, state)
 
-    def pick(self, flow: Flow, now: float, exclude: Collection[str] = ()) -> Backend | None:
+    def pick(self, flow: Flow | None, now: float, exclude: Collection[str] = ()) -> Backend | None:
         """A backend not in ``exclude`` for a new request, or None when none is left."""
-        self._recover(now)
-        backend = self._pick_hiding(flow, now, exclude)
+        if self.ejected:
+            self._recover(now)
+        if exclude:
+            backend = self._pick_hiding(flow, now, exclude)
+        else:
+            try:
+                backend = self.balancer.pick(flow, now)
+            except NoBackendAvailable:
+                backend = None
         if backend is None and self.ejected:
             for name in self.ejected:  # nginx: all peers failed, mark them as live
                 self.health[name].reset()
@@ -183,8 +192,10 @@ class Pool:
         Choosing a server whose failures reached max_fails makes it the probe:
         nobody else gets it until the probe's answer (see PassiveHealth).
         """
-        self.health[backend.name].selected(now)
-        self._sync(backend.name, now)
+        health = self.health[backend.name]
+        if health.fails:  # with no failure counted, selecting changes nothing observable
+            health.selected(now)
+            self._sync(backend.name, now)
 
     # ------------------------------------------------------------ feedback
     def on_start(self, backend: Backend, now: float) -> None:
@@ -195,6 +206,8 @@ class Pool:
         self.balancer.on_finish(backend, now, ok=not failure)
         health = self.health[backend.name]
         if not failure:
+            if not health.fails:
+                return  # nothing to clear, nothing to sync (the common case)
             health.success(now)
         elif health.failure(now):
             self.ejections[backend.name] += 1

@@ -32,17 +32,16 @@ from functools import lru_cache
 from lbkit.algorithms import Backend, Flow
 
 from .canary import to_canary
+from .headerplan import HeaderPlan
 from .headers import (
     BadFraming,
     Headers,
     RequestVars,
-    compose,
+    framing_of,
     in_networks,
     joined,
     lbkit_forwarding,
     parse_cookies,
-    request_framing,
-    values,
 )
 from .hostname import BadHost, HostPort, parse_host
 from .matching import match_location, select_server
@@ -53,10 +52,17 @@ from .sticky import resolve_token, set_cookie, sticky_token
 from .uri import BadTarget, Target, escape_uri, parse_target
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
 _PROXY_PASS = re.compile(r"(?i)(https?)://([^/?#]+)(.*)")
 ALLOW = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
 HASHED = ("ring_hash", "maglev")
+_NO_BODY = ("none", 0)
+#: Methods known to be tokens and allowed: no regex for them.
+_COMMON_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
+#: Header names already checked to be tokens (RFC 9110 §5.1); bounded, since clients choose them.
+_TOKEN_NAMES: set[str] = set()
+_TOKEN_NAMES_MAX = 4096
+#: The names the router looks at, by length (a cheap first test before lower()).
+_SPECIAL_LENGTHS = frozenset((4, 6, 10, 14, 17))
 
 
 @dataclass
@@ -120,6 +126,58 @@ def _regex(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern, re.IGNORECASE)
 
 
+@lru_cache(maxsize=4096)
+def _target(target: str, method: str, scheme: str) -> Target:
+    """:func:`parse_target`, remembered: a pure function of client text (errors are not kept)."""
+    return parse_target(target, method, scheme)
+
+
+@lru_cache(maxsize=1024)
+def _host_value(value: str, scheme: str) -> HostPort:
+    """:func:`parse_host`, remembered (errors are not kept)."""
+    return parse_host(value, scheme)
+
+
+class HeadScan:
+    """One pass over a request's fields: validity, and the few the router reads.
+
+    Raises :class:`_Refuse` 400 for a field name that is not a token or a
+    value holding CR, LF or NUL (RFC 9110 §5.1, §5.5).
+    """
+
+    __slots__ = ("connection", "content_length", "cookie", "hosts", "transfer_encoding")
+
+    def __init__(self, headers: Headers) -> None:
+        hosts: list[str] = []
+        te: list[str] = []
+        cl: list[str] = []
+        self.cookie = self.connection = False
+        names = _TOKEN_NAMES
+        for name, value in headers:
+            if name not in names:
+                if not _TOKEN.fullmatch(name):
+                    raise _bad(f"invalid header field {name!r}")
+                if len(names) < _TOKEN_NAMES_MAX:
+                    names.add(name)
+            if "\r" in value or "\n" in value or "\x00" in value:
+                raise _bad(f"invalid header field {name!r}")
+            if len(name) in _SPECIAL_LENGTHS:
+                lower = name.lower()
+                if lower == "host":
+                    hosts.append(value)
+                elif lower == "cookie":
+                    self.cookie = True
+                elif lower == "connection":
+                    self.connection = True
+                elif lower == "content-length":
+                    cl.append(value)
+                elif lower == "transfer-encoding":
+                    te.append(value)
+        self.hosts = hosts
+        self.transfer_encoding = te
+        self.content_length = cl
+
+
 def conditions_hold(loc: Location, headers: Headers, cookies: dict[str, str]) -> bool:
     """Whether every ``Location.matches`` condition holds (lbkit's extension).
 
@@ -149,8 +207,33 @@ class Decision:
     ``return_answer`` (``(status, text)`` of a ``return``), ``request_framing``
     (``("length", n)``, ``("chunked", None)`` or ``("none", 0)``), ``canary``,
     ``host`` (the normalised Host), ``target`` (the parsed request target),
-    ``upstream_tls``, ``route_name``.
+    ``upstream_tls``, ``route_name``; ``vars`` (the nginx variables, made
+    when first asked for).
     """
+
+    __slots__ = (
+        "_headers",
+        "_pool",
+        "_retrying",
+        "_router",
+        "_scan",
+        "_started",
+        "_sticky",
+        "_tried",
+        "_vars",
+        "canary",
+        "cookies",
+        "head",
+        "host",
+        "location",
+        "proxy",
+        "request_framing",
+        "return_answer",
+        "server",
+        "target",
+        "upstream",
+        "version",
+    )
 
     def __init__(
         self,
@@ -160,8 +243,10 @@ class Decision:
         host: HostPort | None,
         server: ServerBlock,
         location: Location,
-        variables: RequestVars,
+        version: str,
+        cookies: dict[str, str],
         framing: tuple[str, int | None],
+        scan: HeadScan,
     ) -> None:
         self._router = router
         self.head = head
@@ -169,19 +254,46 @@ class Decision:
         self.host = host
         self.server = server
         self.location = location
-        self.vars = variables
+        self.version = version
+        self.cookies = cookies
         self.request_framing = framing
+        self._scan = scan
+        self._vars: RequestVars | None = None
         self.upstream: str | None = None
         self.return_answer: tuple[int, str] | None = None
         self.proxy: ProxyPass | None = None
         self.canary = False
-        self.cookies = variables.cookies
         self._pool: Pool | None = None
         self._sticky: str | None = None  # the backend the client's cookie names
         self._tried: list[str] = []
         self._started: list[str] = []  # backends attempts began on
         self._retrying: list[str] = []
         self._headers: Headers | None = None
+
+    @property
+    def vars(self) -> RequestVars:
+        """The request's nginx variables ($host, $remote_addr, ...), made on first use."""
+        if self._vars is None:
+            head, target, host = self.head, self.target, self.host
+            names = [n for n in self.server.server_names if n]
+            self._vars = RequestVars(
+                method=head.method,
+                request_uri=target.origin_form if target.authority else head.target,
+                uri=target.uri,
+                args=target.args,
+                host=host.host if host else (names[0] if names else ""),
+                headers=head.headers,
+                remote_addr=head.client[0],
+                remote_port=head.client[1],
+                server_addr=head.server[0],
+                server_port=head.server[1],
+                scheme=head.scheme,
+                server_name=names[0] if names else "",
+                proxy_host=self.proxy.authority if self.proxy else "",
+                version=self.version,
+                cookies=self.cookies,
+            )
+        return self._vars
 
     # ------------------------------------------------------------ identity
     @property
@@ -239,17 +351,21 @@ class Decision:
         ``request_framing``: ``("length", n)`` keeps Content-Length,
         ``("chunked", None)`` needs its own ``Transfer-Encoding: chunked``.
         """
-        if self._headers is None:
-            self._headers = self._router._upstream_headers(self)
-        return list(self._headers)
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = self._router._upstream_headers(self)
+        return list(headers)
 
     # ------------------------------------------------------------ attempts
-    def _flow(self) -> Flow:
+    def _flow(self) -> Flow | None:
+        """The flow the pool's algorithm hashes; None for one that reads none (cheaper)."""
         assert self._pool is not None
+        up = self._pool.upstream
+        if not up.hash_key and not self._pool.balancer.needs_flow:
+            return None
         client_ip, client_port = self.head.client
         key: str | None = None
-        up = self._pool.upstream
-        if up.algorithm in HASHED or up.hash_key:
+        if up.hash_key or up.algorithm in HASHED:
             key = self.vars.expand(up.hash_key or "$remote_addr") or None  # nginx: empty -> rr
         vip, vport = self.head.server
         return Flow(client_ip, client_port, vip=vip, vport=vport, key=key)
@@ -263,10 +379,11 @@ class Decision:
         pool = self._pool
         if pool is None:
             return None
-        skip = set(exclude) | set(self._tried)
+        tried = self._tried
+        skip = (set(exclude) | set(tried)) if (exclude or tried) else exclude
         backend = None
         sticky = self._sticky
-        if sticky and not self._tried and sticky not in skip and pool.choosable(sticky, now):
+        if sticky and not tried and sticky not in skip and pool.choosable(sticky, now):
             backend = pool.backend(sticky)
             pool.selected(backend, now)
             self._router.counters["sticky_hits"] += 1
@@ -299,7 +416,11 @@ class Decision:
         Passive health counts it as failed per :func:`lbkit.l7.retry.counts_as_failure`.
         """
         assert self._pool is not None
-        failure = counts_as_failure(ok, status, self.location.next_upstream)
+        failure = (not ok) or (
+            status is not None
+            and status >= 400
+            and counts_as_failure(ok, status, self.location.next_upstream)
+        )
         self._pool.on_finish(backend, now, failure=failure)
         if backend.name in self._retrying:
             self._retrying.remove(backend.name)
@@ -379,6 +500,11 @@ class Router:
         #: (host, port) -> server block: pure for one config (a reload builds a new Router).
         #: Hosts come from clients, so the cache is bounded and simply cleared when full.
         self._servers: dict[tuple[str | None, int], ServerBlock | None] = {}
+        #: id(server) -> {uri: location}, for servers without conditional locations (pure).
+        self._locations: dict[int, dict[str, Location | None]] = {
+            id(s): {} for s in config.servers if not any(loc.matches for loc in s.locations)
+        }
+        self._plans: dict[int, HeaderPlan] = {}  # id(location) -> its header plan
         self.counters = dict.fromkeys(("requests", "routed", "canary", "sticky_hits"), 0)
         self.rejected: dict[str, int] = {}
         for s in config.servers:
@@ -452,46 +578,70 @@ class Router:
             found = select_server(self.config.servers, host, p)
         return found
 
-    def _check_head(self, head: RequestHead) -> str:
-        version = head.version.removeprefix("HTTP/")
-        major, _, minor = version.partition(".")
-        if major != "1" or not minor.isdigit():
-            raise _Refuse(
-                505, f"HTTP version {head.version!r} not supported", [("Connection", "close")]
-            )
-        version = "1.0" if minor == "0" else "1.1"  # RFC 9110 §2.5: a higher minor is 1.1
-        if not _TOKEN.fullmatch(head.method):
-            raise _bad(f"bad method {head.method!r}")
-        if head.method in ("CONNECT", "TRACE"):  # nginx answers TRACE 405 too
-            raise _Refuse(405, f"method {head.method} not allowed", [("Allow", ALLOW)])
-        for name, value in head.headers:
-            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-                raise _bad(f"invalid header field {name!r}")
+    def _check_line(self, head: RequestHead) -> str:
+        """The request line's version and method; the version as ``"1.0"`` or ``"1.1"``."""
+        version = head.version
+        if version != "1.1":
+            version = version.removeprefix("HTTP/")
+            major, _, minor = version.partition(".")
+            if major != "1" or not minor.isdigit():
+                raise _Refuse(
+                    505, f"HTTP version {head.version!r} not supported", [("Connection", "close")]
+                )
+            version = "1.0" if minor == "0" else "1.1"  # RFC 9110 §2.5: a higher minor is 1.1
+        method = head.method
+        if method not in _COMMON_METHODS:
+            if not _TOKEN.fullmatch(method):
+                raise _bad(f"bad method {method!r}")
+            if method in ("CONNECT", "TRACE"):  # nginx answers TRACE 405 too
+                raise _Refuse(405, f"method {method} not allowed", [("Allow", ALLOW)])
         return version
 
-    def _host(self, head: RequestHead, target: Target, version: str) -> HostPort | None:
-        hosts = values(head.headers, "host")
+    def _host(self, hosts: list[str], scheme: str, target: Target, version: str) -> HostPort | None:
         if len(hosts) > 1:
             raise _bad("more than one Host header (RFC 9112 §3.2)")
         if not hosts and version == "1.1":
             raise _bad("HTTP/1.1 request without Host (RFC 9112 §3.2)")
         try:
-            parsed = parse_host(hosts[0], head.scheme) if hosts else None
+            parsed = _host_value(hosts[0], scheme) if hosts else None
         except BadHost as e:
             raise _bad(f"invalid Host: {e}") from None
         return target.authority or parsed  # RFC 9112 §3.2.2: absolute-form wins
 
+    def _location(
+        self, server: ServerBlock, uri: str, headers: Headers, cookies: dict[str, str]
+    ) -> Location | None:
+        """match_location over the locations whose conditions hold; remembered per
+        (server, uri) when the server has no conditional location (then it is pure)."""
+        cache = self._locations.get(id(server))
+        if cache is None:
+            found = match_location(
+                [loc for loc in server.locations if conditions_hold(loc, headers, cookies)], uri
+            )
+            return found
+        try:
+            return cache[uri]
+        except KeyError:
+            pass
+        if len(cache) >= SERVER_CACHE_SIZE:
+            cache.clear()
+        found = cache[uri] = match_location(server.locations, uri)
+        return found
+
     def _route(self, head: RequestHead, now: float) -> Decision:
-        version = self._check_head(head)
+        version = self._check_line(head)
+        scan = HeadScan(head.headers)
+        framing = _NO_BODY
+        if scan.transfer_encoding or scan.content_length:
+            try:
+                framing = framing_of(scan.transfer_encoding, scan.content_length, version)
+            except BadFraming as e:
+                raise _Refuse(e.status, str(e), [("Connection", "close")]) from None
         try:
-            framing = request_framing(head.headers, version)
-        except BadFraming as e:
-            raise _Refuse(e.status, str(e), [("Connection", "close")]) from None
-        try:
-            target = parse_target(head.target, head.method, head.scheme)
+            target = _target(head.target, head.method, head.scheme)
         except BadTarget as e:
             raise _bad(str(e)) from None
-        host = self._host(head, target, version)
+        host = self._host(scan.hosts, head.scheme, target, version)
         port = head.server[1]
         sni = head.sni.lower().rstrip(".") if head.scheme == "https" and head.sni else None
         server = self._server(host.host if host else sni, port)
@@ -499,48 +649,37 @@ class Router:
             raise _Refuse(404, "no server block for this request")
         if sni and host and self._server(sni, port) is not server:
             raise _Refuse(421, f"Host {host.host!r} is not served under TLS name {sni!r}")
-        cookies = parse_cookies(head.headers)
+        cookies = parse_cookies(head.headers) if scan.cookie else {}
         if target.asterisk:
             location: Location | None = Location(pattern="*", return_status=200)
         else:
-            eligible = [
-                loc for loc in server.locations if conditions_hold(loc, head.headers, cookies)
-            ]
-            location = match_location(eligible, target.uri)
+            location = self._location(server, target.uri, head.headers, cookies)
         if location is None:
             raise _Refuse(404, f"no location for {target.uri!r}")
-        names = [n for n in server.server_names if n]
-        variables = RequestVars(
-            method=head.method,
-            request_uri=target.origin_form if target.authority else head.target,
-            uri=target.uri,
-            args=target.args,
-            host=host.host if host else (names[0] if names else ""),
-            headers=head.headers,
-            remote_addr=head.client[0],
-            remote_port=head.client[1],
-            server_addr=head.server[0],
-            server_port=head.server[1],
-            scheme=head.scheme,
-            server_name=names[0] if names else "",
-            version=version,
-            cookies=cookies,
-        )
-        d = Decision(self, head, target, host, server, location, variables, framing)
+        d = Decision(self, head, target, host, server, location, version, cookies, framing, scan)
         if location.return_status is not None:
-            d.return_answer = (location.return_status, variables.expand(location.return_body))
+            body = location.return_body
+            d.return_answer = (location.return_status, d.vars.expand(body) if "$" in body else body)
             return d
-        if not location.proxy_pass:
+        proxy_pass = location.proxy_pass
+        if not proxy_pass:
             raise _Refuse(
                 404, f"location {location.pattern!r} has no proxy_pass (lbkit serves no files)"
             )
         try:
-            d.proxy = parse_proxy_pass(variables.expand(location.proxy_pass))
+            d.proxy = parse_proxy_pass(
+                d.vars.expand(proxy_pass) if "$" in proxy_pass else proxy_pass
+            )
             pool = self._pool_for(d.proxy)
         except ValueError as e:
             raise _Refuse(502, str(e)) from None
-        variables.proxy_host = d.proxy.authority
-        self._choose_pool(d, pool, location, head, cookies)
+        if d._vars is not None:
+            d._vars.proxy_host = d.proxy.authority
+        if location.split is None and location.sticky_cookie is None:
+            d._pool = pool
+            d.upstream = pool.name
+        else:
+            self._choose_pool(d, pool, location, head, cookies)
         return d
 
     def _choose_pool(
@@ -569,7 +708,15 @@ class Router:
         d._pool = chosen
         d.upstream = chosen.name
 
+    def _plan(self, loc: Location) -> HeaderPlan:
+        plan = self._plans.get(id(loc))
+        if plan is None:
+            names = _NGINX_DEFAULTS if self.nginx_semantics else _LBKIT_DEFAULTS
+            plan = self._plans[id(loc)] = HeaderPlan(names, loc.set_headers)
+        return plan
+
     def _upstream_headers(self, d: Decision) -> Headers:
+        """What :func:`lbkit.l7.headers.compose` gives, through the location's plan."""
         head = d.head
         proxy_host = d.proxy.authority if d.proxy else ""
         if self.nginx_semantics:
@@ -582,8 +729,21 @@ class Router:
                 peer=head.client[0],
                 scheme=head.scheme,
                 host=host,
-                version=d.vars.version,
+                version=d.version,
                 trusted=trusted,
             )
             defaults = [("Host", host), *forwarding]
-        return compose(head.headers, defaults, d.location.set_headers, d.vars)
+        plan = self._plan(d.location)
+        return plan.build(head.headers, defaults, lambda: d.vars, d._scan.connection)
+
+
+#: The names of the defaults ``_upstream_headers`` passes, per semantics, in order.
+_NGINX_DEFAULTS = ("Host", "Connection")
+_LBKIT_DEFAULTS = (
+    "Host",
+    "X-Forwarded-For",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Host",
+    "Forwarded",
+    "Via",
+)
