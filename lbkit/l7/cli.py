@@ -6,6 +6,11 @@ SIGTERM and SIGINT drain (stop accepting, finish what is in flight for up to
 ``--grace`` seconds, exit 0). ``--workers N`` forks N processes that share
 the listening ports with SO_REUSEPORT (the kernel spreads connections);
 worker ``i`` serves the admin API on the admin port plus ``i``.
+
+A ``listen ... ssl`` address terminates TLS (:mod:`lbkit.l7.tls`): its
+certificates are loaded at start, by ``--check`` (as ``nginx -t`` does) and
+again on SIGHUP; certificates from the lab CA are issued into ``--tls-dir``
+(or the TOML's ``tls_ca_dir``) before the workers start.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 DEFAULT_ADMIN = "127.0.0.1:9200"
@@ -36,6 +41,8 @@ def add_l7_parser(sub: argparse._SubParsersAction) -> None:
             "examples:\n"
             "  lbkit l7 --nginx-conf seed.conf --check        # like nginx -t\n"
             "  lbkit l7 --config router.toml --listen 127.0.0.1:8080 --workers 2\n"
+            "  lbkit l7 --config router.toml --tls-dir .lab/tls   # https with lab certificates\n"
+            "  curl --cacert .lab/tls/ca.pem https://app.example.com/\n"
             "signals: HUP reloads the configuration, TERM drains and exits.\n"
             "admin API: curl 127.0.0.1:9200/stats, /metrics"
         ),
@@ -53,7 +60,13 @@ def add_l7_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="IP:PORT",
-        help="listen here instead of the configuration's listen lines (repeatable)",
+        help="listen here (plain HTTP) instead of the configuration's listen lines (repeatable)",
+    )
+    p.add_argument(
+        "--tls-dir",
+        metavar="DIR",
+        help="the lab CA's folder: server blocks with an ssl listen and no ssl_certificate get "
+        "a certificate from it (made if missing; default: the TOML's tls_ca_dir, else none)",
     )
     p.add_argument(
         "--admin",
@@ -135,21 +148,40 @@ def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]
 
 
 def listen_addresses(config: Any) -> list[tuple[str, int]]:
-    """The plain-HTTP ``listen`` addresses of every server block, in order, no duplicates."""
+    """The plain-HTTP ``listen`` addresses of every server block, in order, no duplicates
+    (an address any block marks ``ssl`` is a TLS one, for every block on it)."""
+    from .tls import tls_addresses
+
+    secure = tls_addresses(config)
     out: list[tuple[str, int]] = []
     for server in getattr(config, "servers", []):
         for ln in server.listens:
             addr = (ln.address, ln.port)
-            if not ln.ssl and addr not in out:
+            if addr not in secure and addr not in out:
                 out.append(addr)
     return out
 
 
-def check(path: str, kind: str) -> int:
-    """``--check``: nginx -t's two lines and exit 0, or one error per line and exit 1."""
+def tls_contexts(config: Any, tls_dir: str | None = None) -> dict[tuple[str, int], Any]:
+    """The TLS addresses' server contexts (lbkit.l7.tls.server_contexts); ConfigError, one
+    line per problem (a certificate file missing, ...), when they cannot be built."""
+    from .tls import server_contexts
+
+    try:
+        return server_contexts(config, cert_dir=tls_dir)
+    except Exception as e:
+        raise ConfigError(_messages(e)) from None
+
+
+def check(path: str, kind: str, tls_dir: str | None = None) -> int:
+    """``--check``: nginx -t's two lines and exit 0, or one error per line and exit 1.
+
+    The certificates are loaded too (and lab ones issued), as nginx -t loads them.
+    """
     try:
         config = load_config(path, kind)
         build_router(config)
+        tls_contexts(config, tls_dir)
     except ConfigError as e:
         for message in e.errors:
             print(f"lbkit l7: [emerg] {message}", file=sys.stderr)
@@ -174,23 +206,27 @@ async def run_proxy(
     reuse_port: bool = False,
     worker: int | None = None,
     on_ready: Callable[[Any], None] | None = None,
+    tls: Callable[[], Mapping[tuple[str, int], Any]] | None = None,
 ) -> bool:
     """Serve until SIGTERM/SIGINT, reloading on SIGHUP; True when the drain was clean.
 
-    ``make()`` returns ``(router, limits)``; it is called again on each SIGHUP
-    (an exception keeps the running router and is reported on stderr).
+    ``make()`` returns ``(router, limits)``; ``tls()``, when given, the server
+    contexts of the addresses of ``listen`` that terminate TLS. Both are called
+    again on each SIGHUP (an exception keeps the running configuration and is
+    reported on stderr).
     """
     from .proxy import Proxy
 
     router, limits = make()
     proxy = Proxy(router, limits, worker=worker)
-    await proxy.start(listen, admin, reuse_port=reuse_port)
+    await proxy.start(listen, admin, reuse_port=reuse_port, tls=tls() if tls else None)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
     def reload() -> None:
         try:
             new_router, new_limits = make()
+            new_tls = tls() if tls else None
         except Exception as e:
             for message in _messages(e):
                 print(
@@ -200,6 +236,8 @@ async def run_proxy(
                 )
             return
         proxy.set_router(new_router, new_limits)
+        if new_tls is not None:
+            proxy.set_tls(new_tls)
         print(f"lbkit l7: configuration reloaded (pid {os.getpid()})", file=sys.stderr, flush=True)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
@@ -279,12 +317,13 @@ def _run(args: argparse.Namespace) -> int:
 
     path, kind = (args.config, "toml") if args.config else (args.nginx_conf, "nginx")
     if args.check:
-        return check(path, kind)
+        return check(path, kind, args.tls_dir)
     try:
         listen = [parse_address(a) for a in args.listen]
         admin = None if args.admin in ("off", "") else parse_address(args.admin)
         config = load_config(path, kind)
         build_router(config)  # fail now, with the errors, rather than in each worker
+        secure = list(tls_contexts(config, args.tls_dir))  # and lab certificates issued once
     except ValueError as e:
         print(f"lbkit l7: error: {e}", file=sys.stderr)
         return 2
@@ -292,14 +331,10 @@ def _run(args: argparse.Namespace) -> int:
         for message in e.errors:
             print(f"lbkit l7: [emerg] {message}", file=sys.stderr)
         return 1
-    if not listen:
-        for server in getattr(config, "servers", []):
-            for ln in server.listens:
-                if ln.ssl:
-                    where = f" ({ln.origin})" if ln.origin else ""
-                    print(f"lbkit l7: [warn] listen {ln.address}:{ln.port} ssl{where}: TLS is not "
-                          "served by this proxy yet; skipped", file=sys.stderr)  # fmt: skip
-    listen = listen or listen_addresses(config)
+    if listen:
+        secure = []  # --listen replaces every listen line, TLS ones too
+    else:
+        listen = listen_addresses(config) + secure
     if not listen:
         print(
             "lbkit l7: error: nothing to listen on (no listen line; use --listen)", file=sys.stderr
@@ -309,9 +344,16 @@ def _run(args: argparse.Namespace) -> int:
         print("lbkit l7: error: --workers must be at least 1", file=sys.stderr)
         return 2
 
+    loaded: list[Any] = []  # the configuration make() read last: make_tls() runs after it
+
     def make() -> tuple[Any, Any]:
         cfg = load_config(path, kind)
-        return build_router(cfg), cfg.limits
+        router = build_router(cfg)
+        loaded[:] = [cfg]
+        return router, cfg.limits
+
+    def make_tls() -> dict[tuple[str, int], Any]:
+        return tls_contexts(loaded[0] if loaded else load_config(path, kind), args.tls_dir)
 
     def serve(i: int) -> int:
         accesslog.configure(args.access_log)
@@ -336,6 +378,7 @@ def _run(args: argparse.Namespace) -> int:
             reuse_port=args.workers > 1,
             worker=i,
             on_ready=ready,
+            tls=make_tls if secure else None,
         )
         try:
             with asyncio.Runner(loop_factory=loop_factory()) as runner:

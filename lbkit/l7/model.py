@@ -106,8 +106,12 @@ class ServerBlock:
     listens: list[Listen]
     server_names: list[str] = field(default_factory=list)  # "" matches a missing Host
     locations: list[Location] = field(default_factory=list)
-    ssl_certificate: str | None = None
+    ssl_certificate: str | None = None  # a file, stored absolute by the loaders
     ssl_certificate_key: str | None = None
+    #: TOML ``ssl_certificate = "lab"``: a certificate from the lab CA (lbkit.lab.ca) for
+    #: this block's server_names, made when the proxy starts (lbkit.l7.tls).
+    ssl_lab_ca: bool = False
+    ssl_origin: str = ""  # where ssl_certificate was given ("file:line" or "file: key")
     origin: str = ""
 
 
@@ -135,4 +139,5 @@ class RouterConfig:
     trusted_proxies: list[str] = field(default_factory=list)  # CIDRs whose X-Forwarded-For is kept
     sticky_secret: str = "lbkit-lab-sticky-key"  # shared by every router of a lab
     source: str = "<memory>"
+    tls_ca_dir: str | None = None  # the lab CA's folder (TOML tls_ca_dir), stored absolute
     warnings: list[str] = field(default_factory=list)

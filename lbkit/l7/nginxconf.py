@@ -895,6 +895,7 @@ class _Reader:
         key = scope.ssl_certificate_key or http.ssl_certificate_key
         if cert is not None:
             block.ssl_certificate = os.path.abspath(self.base / cert[0])
+            block.ssl_origin = cert[1]
             if key is None:
                 message = f'no "ssl_certificate_key" is defined for certificate "{cert[0]}"'
                 self._error(_MERGE, cert[1], message)

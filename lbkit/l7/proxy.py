@@ -49,9 +49,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -60,6 +61,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from . import accesslog
 from .model import Limits
 from .router import RequestHead
+from .tls import count_handshakes, sni_of
 from .upstream import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -177,6 +179,8 @@ class Counters:
         self.status: dict[int, int] = {}
         self.failures: dict[str, int] = {}  # upstream outcomes: error, timeout, invalid_header
         self.client_aborts = 0
+        self.tls_handshakes = 0  # counted by lbkit.l7.tls.ServerSSLObject
+        self.tls_handshake_failures = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -187,6 +191,8 @@ class Counters:
             "status": {str(k): v for k, v in sorted(self.status.items())},
             "upstream_failures": dict(sorted(self.failures.items())),
             "client_aborts": self.client_aborts,
+            "tls_handshakes": self.tls_handshakes,
+            "tls_handshake_failures": self.tls_handshake_failures,
         }
 
 
@@ -640,21 +646,25 @@ class ClientConnection(asyncio.Protocol):
         "queue",
         "rx",
         "rx_at",
+        "scheme",
         "served",
         "server",
+        "sni",
         "te",
         "transport",
         "url",
         "wpaused",
     )
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Proxy, scheme: str = "http") -> None:
         self.proxy = proxy
         self.loop = proxy.loop
         self.parser = HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.client: tuple[str, int] = ("", 0)
         self.server: tuple[str, int] = ("", 0)
+        self.scheme = scheme  # "https" on a TLS listener (the handshake is done by then)
+        self.sni: str | None = None  # the TLS server name the client sent (RFC 6066 §3)
         self.pstate = P_IDLE
         self.cur: Exchange | None = None  # the exchange whose request body is being read
         self.active: Exchange | None = None  # the exchange being answered
@@ -689,6 +699,8 @@ class ClientConnection(asyncio.Protocol):
         sock = transport.get_extra_info("sockname")
         self.client = (peer[0], peer[1]) if peer else ("", 0)
         self.server = (sock[0], sock[1]) if sock else ("", 0)
+        if self.scheme == "https":
+            self.sni = sni_of(transport.get_extra_info("ssl_object"))
         self.proxy.conns.add(self)
         self.proxy.counters.connections += 1
         if self.proxy.draining:
@@ -834,7 +846,9 @@ class ClientConnection(asyncio.Protocol):
             ex.t0 = time.perf_counter()  # loop.time() counts milliseconds (libuv)
         proxy.counters.requests += 1
         # RequestHead(method, target, version, headers, client, server, scheme, sni)
-        head = proxy.head_type(method, target, version, self.headers, self.client, self.server)
+        head = proxy.head_type(
+            method, target, version, self.headers, self.client, self.server, self.scheme, self.sni
+        )
         self.headers = []  # the next request's (the router may keep this list)
         self.url = b""
         self.hbytes = self.hosts = self.head_rx = 0
@@ -1064,6 +1078,7 @@ class Proxy:
         self.started_at = time.time()
         self.addresses: list[tuple[str, int]] = []
         self.admin_address: tuple[str, int] | None = None
+        self.tls: dict[tuple[str, int], ssl.SSLContext] = {}  # listen address -> its context
         self._servers: list[asyncio.AbstractServer] = []
         self._admin: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task | None = None
@@ -1075,18 +1090,38 @@ class Proxy:
         admin: tuple[str, int] | None = None,
         *,
         reuse_port: bool = False,
+        tls: Mapping[tuple[str, int], ssl.SSLContext] | None = None,
     ) -> None:
-        """Listen on every address (and the admin one); OSError naming the address if taken."""
+        """Listen on every address (and the admin one); OSError naming the address if taken.
+
+        ``tls`` maps an address of ``listen`` to the server context it terminates TLS
+        with (:func:`lbkit.l7.tls.server_contexts`); its connections are ``https``.
+        The context then counts handshakes in :attr:`counters` (its ``sslobject_class``
+        is replaced). The handshake must end within ``client_header_timeout``, as in
+        nginx (``ngx_http_init_connection`` arms that timer before the handshake).
+        """
         try:
             for host, port in listen:
+                context = tls.get((host, port)) if tls else None
+                if context is not None:
+                    count_handshakes(context, self.counters)
+                    self.tls[(host, port)] = context
                 try:
                     server = await self.loop.create_server(
-                        lambda: ClientConnection(self),
+                        (
+                            (lambda: ClientConnection(self))
+                            if context is None
+                            else (lambda: ClientConnection(self, "https"))
+                        ),
                         host,
                         port,
                         reuse_address=True,
                         reuse_port=reuse_port,
                         backlog=1024,
+                        ssl=context,
+                        ssl_handshake_timeout=(
+                            self.limits.client_header_timeout if context is not None else None
+                        ),
                     )
                 except OSError as e:
                     raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from e
@@ -1099,6 +1134,14 @@ class Proxy:
             await self.close()
             raise
         self._sweeper = self.loop.create_task(self._sweep())
+
+    def set_tls(self, tls: Mapping[tuple[str, int], ssl.SSLContext]) -> None:
+        """New certificates (a reload): new handshakes on each TLS address use ``tls``'s
+        certificates and SNI choices; the listening addresses stay (as for plain HTTP)."""
+        for address, context in self.tls.items():
+            new = tls.get(address)
+            if new is not None and new.sni_callback is not None:
+                context.sni_callback = new.sni_callback
 
     def set_router(self, router: Any, limits: Limits | None = None) -> None:
         """Use ``router`` for requests from now on (a reload)."""
@@ -1243,6 +1286,8 @@ class _Collector:
             ("lbkit_l7_bytes_sent", "Bytes sent to clients", c.bytes_out),
             ("lbkit_l7_client_connections", "Client connections accepted", c.connections),
             ("lbkit_l7_client_aborts", "Requests whose client left first", c.client_aborts),
+            ("lbkit_l7_tls_handshakes", "TLS handshakes completed", c.tls_handshakes),
+            ("lbkit_l7_tls_handshake_failures", "TLS handshakes refused", c.tls_handshake_failures),
             ("lbkit_l7_upstream_connects", "Upstream connections opened", self.proxy.pool.connects),
             ("lbkit_l7_upstream_reuses", "Requests on a pooled connection", self.proxy.pool.reuses),
         ):
@@ -1308,16 +1353,18 @@ async def serve_proxy(
     on_ready: Callable[[], None] | None = None,
     access_log: bool | None = None,
     reuse_port: bool = False,
+    tls: Mapping[tuple[str, int], ssl.SSLContext] | None = None,
 ) -> None:
     """Proxy requests arriving on ``listen`` through ``router`` until cancelled.
 
-    ``admin``: where the admin API listens (None: nowhere). ``on_ready`` is
-    called once everything listens. ``access_log``: None follows the
-    ``lbkit.l7.access`` logger's level. For reloads and draining, use
-    :class:`Proxy` directly (as ``lbkit l7`` does).
+    ``tls``: the addresses of ``listen`` that terminate TLS, with their contexts
+    (:func:`lbkit.l7.tls.server_contexts`). ``admin``: where the admin API listens
+    (None: nowhere). ``on_ready`` is called once everything listens.
+    ``access_log``: None follows the ``lbkit.l7.access`` logger's level. For
+    reloads and draining, use :class:`Proxy` directly (as ``lbkit l7`` does).
     """
     proxy = Proxy(router, limits, access_log=access_log)
-    await proxy.start(listen, admin, reuse_port=reuse_port)
+    await proxy.start(listen, admin, reuse_port=reuse_port, tls=tls)
     try:
         if on_ready is not None:
             on_ready()

@@ -4,6 +4,7 @@ The shape (``labs/l7/router.toml`` is a full example)::
 
     trusted_proxies = ["10.0.1.2/32"]      # peers whose X-Forwarded-For is kept
     sticky_secret = "change-me"            # shared by every router of a lab
+    tls_ca_dir = "tls"                     # the lab CA's folder (lbkit.lab.ca), made if missing
 
     [limits]                               # any field of lbkit.l7.model.Limits
     proxy_connect_timeout = 2.0
@@ -11,6 +12,8 @@ The shape (``labs/l7/router.toml`` is a full example)::
     [[server]]
     listen = [80]                          # ports, "addr:port", or {port=, ssl=, default_server=}
     server_name = ["app.example.com"]
+    ssl_certificate = "certs/app.pem"      # with ssl_certificate_key = "certs/app-key.pem"; or
+    # ssl_certificate = "lab"              # a certificate from the lab CA for server_name
 
     [[server.route]]
     path = "/api/"
@@ -34,11 +37,30 @@ Routes of one server behave as nginx locations (exact, then longest prefix,
 then regexes in order); routes sharing a path are tried in file order and
 the first whose ``headers`` all hold wins. Every mistake is a
 :class:`~lbkit.lab.errors.LabError` naming the file and the key.
+
+TLS (served by :mod:`lbkit.l7.tls`): a server with a listen ``{ssl = true}``
+needs a certificate, in one of three ways:
+
+* ``ssl_certificate`` and ``ssl_certificate_key`` name PEM files. Relative
+  paths resolve against the folder of this TOML file (nginx resolves them
+  against its prefix; the file's folder is what a lab directory needs) and
+  are stored absolute. The files are read when the proxy starts (and by
+  ``lbkit l7 --check``), as nginx reads them, not here.
+* ``ssl_certificate = "lab"`` (no key): the lab CA in ``tls_ca_dir`` (or
+  ``lbkit l7 --tls-dir``) issues one for the server's names (exact and
+  wildcard ``server_name``; not ``""``, ``_``, ``mail.*`` or regexes). A
+  certificate file named ``lab`` is written ``"./lab"``.
+* neither: the same as ``"lab"`` when a lab CA folder is given; otherwise the
+  server uses its address's default certificate (nginx's behaviour), and a
+  default server without one is an error.
+
+``tls_ca_dir`` is relative to this file's folder, like the certificates.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from dataclasses import fields
@@ -64,7 +86,8 @@ from .retry import OUTCOMES
 
 MATCH = {"prefix": "", "exact": "=", "regex": "~", "iregex": "~*"}
 NEXT_UPSTREAM = (*OUTCOMES, "non_idempotent", "off")
-TOP = {"trusted_proxies", "sticky_secret", "limits", "server", "pool"}
+TOP = {"trusted_proxies", "sticky_secret", "tls_ca_dir", "limits", "server", "pool"}
+LAB_CERT = "lab"  # ssl_certificate = "lab": issue one from the lab CA
 SERVER = {"listen", "server_name", "route", "ssl_certificate", "ssl_certificate_key"}
 ROUTE = {
     "path", "match", "headers", "pool", "proxy_pass", "return", "split", "sticky_cookie",
@@ -80,6 +103,14 @@ class _Reader:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        self.warnings: list[str] = []
+
+    def path(self, value: Any, key: str, what: str = "a file name") -> str:
+        """A file or folder name, made absolute against the folder of the TOML file."""
+        text = self.typed(value, key, str, what)
+        if not text:
+            raise self.fail(key, f"expected {what}, got an empty string")
+        return os.path.abspath(Path(self.source).parent / text)
 
     def fail(self, key: str, message: str) -> LabError:
         return LabError(f"{self.source}: {key}: {message}")
@@ -229,14 +260,36 @@ def _server(r: _Reader, value: Any, key: str, pools: dict[str, Any]) -> ServerBl
         ],
         origin=f"{r.source}: {key}",
     )
-    for k in ("ssl_certificate", "ssl_certificate_key"):
-        if k in value:
-            setattr(block, k, r.typed(value[k], f"{key}.{k}", str, "a file name"))
+    _certificate(r, value, key, block)
     routes = value.get("route", [])
     if not isinstance(routes, list) or not routes:
         raise r.fail(f"{key}.route", "a server needs at least one [[server.route]]")
     block.locations = [_route(r, v, f"{key}.route[{i}]", pools) for i, v in enumerate(routes)]
     return block
+
+
+def _certificate(r: _Reader, value: dict[str, Any], key: str, block: ServerBlock) -> None:
+    """ssl_certificate and ssl_certificate_key: two files, or "lab" alone (see the docstring)."""
+    cert, cert_key = value.get("ssl_certificate"), value.get("ssl_certificate_key")
+    if cert is None and cert_key is None:
+        return
+    block.ssl_origin = f"{r.source}: {key}.ssl_certificate"
+    if cert == LAB_CERT:
+        if cert_key is not None:
+            raise r.fail(
+                f"{key}.ssl_certificate_key",
+                'not used with ssl_certificate = "lab" (the CA makes it)',
+            )
+        block.ssl_lab_ca = True
+    elif cert is None:
+        raise r.fail(f"{key}.ssl_certificate", "needed with ssl_certificate_key")
+    elif cert_key is None:
+        raise r.fail(f"{key}.ssl_certificate_key", f"needed with ssl_certificate {cert!r}")
+    else:
+        block.ssl_certificate = r.path(cert, f"{key}.ssl_certificate")
+        block.ssl_certificate_key = r.path(cert_key, f"{key}.ssl_certificate_key")
+    if not any(ln.ssl for ln in block.listens):
+        r.warnings.append(f"{block.ssl_origin}: no listen of this server has ssl = true; unused")
 
 
 def _backend(r: _Reader, value: Any, key: str) -> UpstreamServer:
@@ -308,6 +361,9 @@ def parse_router_toml(data: dict[str, Any], source: str = "<memory>.toml") -> Ro
     config = RouterConfig(blocks, upstreams, limits, trusted, source=source)
     if "sticky_secret" in data:
         config.sticky_secret = r.typed(data["sticky_secret"], "sticky_secret", str, "text")
+    if "tls_ca_dir" in data:
+        config.tls_ca_dir = r.path(data["tls_ca_dir"], "tls_ca_dir", "a folder name")
+    config.warnings.extend(r.warnings)
     return config
 
 
