@@ -13,7 +13,7 @@ import yaml
 
 from lbkit.lab.hostcmd import host_command
 from lbkit.lab.providers.docker import compose_hosts_table, render_compose
-from lbkit.lab.topology import load_topology
+from lbkit.lab.topology import l7_router_option, load_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 LABS = {
@@ -93,10 +93,50 @@ def test_addresses_and_subnets_match_the_topology(lab):
 def test_topology_file_and_state_volume_are_mounted(lab):
     """The topology is mounted read-only at /lab/topology.toml; /lab/state is a shared volume."""
     topo = LABS[lab][0]
+    topology = load_topology(ROOT / topo)
     doc = committed(lab)
-    for svc in doc["services"].values():
-        assert svc["volumes"] == [f"../{topo}:/lab/topology.toml:ro", "labstate:/lab/state"]
+    for name, svc in doc["services"].items():
+        routers = 1 if l7_router_option(topology.host(name)) else 0
+        assert svc["volumes"][0] == f"../{topo}:/lab/topology.toml:ro"
+        assert svc["volumes"][-1] == "labstate:/lab/state"
+        assert len(svc["volumes"]) == 2 + routers
     assert "labstate" in doc["volumes"]
+
+
+def test_l7_router_file_is_mounted_where_its_relative_path_leads():
+    """alb1/alb2 get labs/l7 read-only at /lab/l7: /lab/topology.toml's l7/router.toml exists."""
+    services = committed("layered")["services"]
+    for name in ("alb1", "alb2"):
+        assert services[name]["volumes"][1] == "../labs/l7:/lab/l7:ro"
+        source = (ROOT / "docker" / "../labs/l7").resolve()
+        assert (source / "router.toml").is_file()
+        assert services[name]["command"] == host_command(
+            name, "/lab/topology.toml", "/lab/state", "native"
+        )
+    assert len(services["nlb"]["volumes"]) == 2  # no router file, no extra mount
+
+
+@pytest.mark.parametrize(
+    ("written", "mount"),
+    [
+        ("router.toml", "../labs/router.toml:/lab/router.toml:ro"),  # beside: the file alone
+        ("../nginx/site.conf", "../nginx:/nginx:ro"),
+        ("../site.conf", "../site.conf:/site.conf:ro"),  # a folder mount would hide /
+        ("/etc/lbkit/r.toml", "/etc/lbkit/r.toml:/etc/lbkit/r.toml:ro"),
+    ],
+)
+def test_router_mount_never_hides_the_lab(written, mount):
+    """Router files beside the topology, above it or absolute are mounted without hiding /lab."""
+    from lbkit.lab import parse_topology
+
+    data = {
+        "name": "t",
+        "segments": {"lan": {"subnet": "10.0.1.0/24"}},
+        "hosts": {"alb": {"role": "l7", "addresses": ["10.0.1.3"], "options": {"config": written}}},
+    }
+    topo = parse_topology(data, source="labs/t.toml")
+    svc = yaml.safe_load(render_compose(topo, topology_file="labs/t.toml"))["services"]["alb"]
+    assert svc["volumes"][1] == mount
 
 
 def test_l4_host_has_net_admin_and_forwards():

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import LabError
+from .topology import l7_router_option
 
 DEFAULT_TOPOLOGY = "labs/layered.toml"
 
@@ -168,7 +169,10 @@ def _hosts_table(status: dict) -> Table:
     for col in ("host", "role", "address", "services", "up"):
         t.add_column(col)
     for h in status["hosts"]:
-        services = ", ".join(_short(v, h["addresses"][0]) for v in h["services"].values()) or "-"
+        services = (
+            ", ".join(f"{k} {_short(v, h['addresses'][0])}" for k, v in h["services"].items())
+            or "-"
+        )
         t.add_row(
             h["name"],
             h["role"],
@@ -211,6 +215,16 @@ def _up(args: argparse.Namespace) -> int:
             if lab.provider == "netns":
                 vip = f"{me()} lab exec {client} -- {vip}"
             hints.append((f"curl the VIP of {box.name}", vip))
+    routers = [h.name for h in lab.topology.by_role("l7") if l7_router_option(h) is not None]
+    if routers:
+        route = f"curl -s {lab.url(routers[0])}"
+        if lab.provider == "netns":
+            route = f"{me()} lab exec {client} -- {route}"
+        hints.append((f"curl the L7 router {routers[0]}", route))
+        stats = f"curl -s {lab.url(routers[0], '/stats', 'admin')}"
+        if lab.provider == "netns":
+            stats = f"{me()} lab exec {routers[0]} -- {stats}"
+        hints.append((f"{routers[0]}'s admin API", stats))
     url, _ = lab.forward(entry)
     hints.append((f"open {entry} in your browser", url))
     if args.course:

@@ -30,6 +30,7 @@ from .errors import LabError
 from .hostcmd import control_socket, host_command
 from .providers import local as local_provider
 from .providers import netns as netns_provider
+from .roles.l7 import check_l7_hosts
 from .services import default_service, endpoint, service_named, services_of
 from .state import LabState, lab_prefix
 from .topology import Host, Topology, load_topology
@@ -101,7 +102,8 @@ class Lab:
         self.down()
 
     def plan(self) -> list[str]:
-        """The commands ``up`` amounts to, for ``--dry-run``."""
+        """The commands ``up`` amounts to, for ``--dry-run`` (after the checks ``up`` makes)."""
+        check_l7_hosts(self.topology)
         if self.provider == "netns":
             cmds = [s.command for s in netns_provider.plan(self.topology, self.prefix)]
             prefix = netns_provider.exec_prefix
@@ -129,6 +131,7 @@ class Lab:
                 return self
             say("cleaning up a lab that did not finish")
             self.down()
+        check_l7_hosts(self.topology)  # a bad router file fails here, before anything is made
         if self.provider == "netns":
             netns_provider.require_root_and_tools()
             self._clear_leftovers()
@@ -333,7 +336,8 @@ class Lab:
         """Make ``host``'s service reachable from this machine; return ``(url, relay pid)``.
 
         netns: a relay on 127.0.0.1 connecting from inside the lab's client
-        host (see :mod:`lbkit.lab.relay`); recorded, and stopped by ``down``.
+        host (see :mod:`lbkit.lab.relay`), or from inside ``host`` itself for an
+        internal service (an L7 admin API); recorded, and stopped by ``down``.
         local: the service already listens on loopback, so its own URL (pid 0).
         """
         ip, port = self.endpoint(host, service)
@@ -342,8 +346,12 @@ class Lab:
         state = LabState.load(self.state_dir)
         if state is None or not state.complete:
             raise LabError("the lab is not up (start it with: lbkit lab up)")
-        clients = self.topology.by_role("client") or self.hosts()
-        via = netns_provider.ns_name(self.prefix, clients[0].name)
+        h = self.topology.host(host)
+        if service_named(h, service or default_service(h)).internal:
+            via = netns_provider.ns_name(self.prefix, host)  # its 127.0.0.1, from inside it
+        else:
+            clients = self.topology.by_role("client") or self.hosts()
+            via = netns_provider.ns_name(self.prefix, clients[0].name)
         argv = [sys.executable, "-m", "lbkit.lab.relay", str(local_port), ip, str(port), via]
         proc = subprocess.Popen(
             argv,

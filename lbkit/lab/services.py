@@ -6,13 +6,16 @@ a process on loopback: it gets its own 127.0.1.x address where the system
 has them (Linux routes all of 127.0.0.0/8 to lo), and ports below 1024 move
 up by 8000 so no root is needed (80 -> 8080). Where only 127.0.0.1 exists
 (macOS), each host gets its own block of ports instead.
+
+A service marked ``internal`` (an L7 router's admin API) listens natively
+on the host's own 127.0.0.1 only: reached from inside that host.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .topology import Host, Topology
+from .topology import Host, Topology, l7_router_option
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,8 @@ class Service:
     description: str
     #: Reached at this address natively instead of the host's own (an L4 box's VIP).
     address: str | None = None
+    #: Natively bound to the host's own 127.0.0.1 only (reached from inside the host).
+    internal: bool = False
 
 
 BACKEND_SERVICES = (
@@ -37,6 +42,11 @@ BACKEND_SERVICES = (
 )
 PLACEHOLDER_SERVICES = (
     Service("http", "tcp", 80, "placeholder page: this tier arrives in a later chapter"),
+)
+#: An l7 host with a router file (``options.config`` or ``options.nginx_conf``).
+L7_SERVICES = (
+    Service("http", "tcp", 80, "L7 router: routes by path, host, header, cookie"),
+    Service("admin", "tcp", 9101, "admin API /stats, /metrics (inside the host)", internal=True),
 )
 
 ROLE_SERVICES: dict[str, tuple[Service, ...]] = {
@@ -55,7 +65,10 @@ SHARED_PORT_BASE = 20000
 
 
 def services_of(host: Host) -> tuple[Service, ...]:
-    """The host's services: its role's, or an L4 box's VIP ports when it forwards."""
+    """The host's services: its role's, an L4 box's VIP ports when it forwards, or an
+    L7 router's when it has a router file."""
+    if l7_router_option(host) is not None:
+        return L7_SERVICES
     if host.role == "l4" and "vip" in host.options:
         vip = str(host.options["vip"])
         return tuple(
@@ -82,6 +95,8 @@ def endpoint(topology: Topology, host: Host, service: Service, addressing: str) 
       20000 + 10 x place + the service's index in its role.
     """
     if addressing == "native":
+        if service.internal:
+            return "127.0.0.1", service.port
         return service.address or host.ip, service.port
     place = list(topology.hosts).index(host.name)
     if addressing == "loopback":
@@ -96,9 +111,27 @@ def endpoint(topology: Topology, host: Host, service: Service, addressing: str) 
 def bind_address(
     addressing: str, topology: Topology, host: Host, service: Service
 ) -> tuple[str, int]:
-    """Where the host's process binds: all addresses natively, its loopback address locally."""
+    """Where the host's process binds: all addresses natively (127.0.0.1 for an internal
+    service), its loopback address locally."""
     ip, port = endpoint(topology, host, service, addressing)
-    return ("0.0.0.0", port) if addressing == "native" else (ip, port)
+    return ("0.0.0.0", port) if addressing == "native" and not service.internal else (ip, port)
+
+
+def endpoint_map(topology: Topology, addressing: str) -> dict[tuple[str, int], tuple[str, int]]:
+    """Every lab TCP service's native ``(address, port)`` -> where it is reached under
+    ``addressing``: ``("10.0.1.10", 80)`` -> ``("127.0.1.6", 8080)`` locally.
+
+    Each of a host's addresses maps (a VIP service: its VIP); internal services do not.
+    """
+    out: dict[tuple[str, int], tuple[str, int]] = {}
+    for host in topology.hosts.values():
+        for svc in services_of(host):
+            if svc.proto != "tcp" or svc.internal:
+                continue
+            target = endpoint(topology, host, svc, addressing)
+            for ip in [svc.address] if svc.address else [itf.ip for itf in host.interfaces]:
+                out[(ip, svc.port)] = target
+    return out
 
 
 def default_service(host: Host) -> str:

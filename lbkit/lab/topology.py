@@ -23,6 +23,11 @@ File format (TOML)::
     [hosts.api1.options]          # optional, role-specific
     mode = "healthy"
 
+    [hosts.alb1]
+    role = "l7"
+    addresses = ["10.0.1.3"]
+    options = { config = "l7/router.toml" }   # or nginx_conf = "..."; relative to this file
+
 An address belongs to the segment whose subnet contains it. ``.1`` of every
 segment stays free: docker takes it as the gateway.
 """
@@ -43,6 +48,8 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
 SEGMENT_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 HOST_KEYS = {"role", "addresses", "gateway", "routes", "loopback", "options", "description"}
 TOP_KEYS = {"name", "description", "segments", "hosts"}
+#: An ``l7`` host's options: the router file it serves, in lbkit's TOML or nginx's syntax.
+L7_OPTIONS = ("config", "nginx_conf")
 
 
 @dataclass(frozen=True)
@@ -203,6 +210,29 @@ def _parse_segments(raw: Any, fail) -> dict[str, Segment]:
     return segments
 
 
+def _check_l7_options(key: str, options: dict[str, Any], fail) -> None:
+    """The shape of an l7 host's options (the file itself is read at ``lab up``)."""
+    unknown = sorted(set(options) - set(L7_OPTIONS))
+    if unknown:
+        raise fail(f"{key}.{unknown[0]}", f"unknown key (expected {' or '.join(L7_OPTIONS)})")
+    given = [k for k in L7_OPTIONS if k in options]
+    if len(given) > 1:
+        raise fail(key, "give config (lbkit's TOML) or nginx_conf (nginx syntax), not both")
+    for k in given:
+        if not isinstance(options[k], str) or not options[k].strip():
+            raise fail(f"{key}.{k}", "expected a file path, relative to the topology file")
+
+
+def l7_router_option(host: Host) -> tuple[str, str] | None:
+    """``(key, path as written)`` of an l7 host's router file, or None (a placeholder)."""
+    if host.role != "l7":
+        return None
+    for key in L7_OPTIONS:
+        if key in host.options:
+            return key, str(host.options[key])
+    return None
+
+
 def _parse_host(hname: str, hdata: Any, segments: dict[str, Segment], fail) -> Host:
     key = f"hosts.{hname}"
     if not NAME_RE.match(hname):
@@ -255,6 +285,8 @@ def _parse_host(hname: str, hdata: Any, segments: dict[str, Segment], fail) -> H
     options = hdata.get("options", {})
     if not isinstance(options, dict):
         raise fail(f"{key}.options", "expected a table")
+    if role == "l7":
+        _check_l7_options(f"{key}.options", options, fail)
     routes = hdata.get("routes", [])
     if not isinstance(routes, list) or not all(isinstance(r, str) for r in routes):
         raise fail(f"{key}.routes", 'expected a list like ["10.0.1.100/32 via 10.0.1.2"]')

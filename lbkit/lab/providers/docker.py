@@ -16,6 +16,11 @@ Mapping, one topology item to one compose item:
   descending priority, and the engine names interfaces in connection order,
   so the first address lands on ``eth0`` as with netns);
 * the topology file -> a read-only bind mount at ``/lab/topology.toml``;
+* an l7 host's router file (``options.config`` or ``nginx_conf``, relative to
+  the topology) -> its folder mounted read-only where that relative path
+  leads from ``/lab`` (``l7/router.toml`` -> ``/lab/l7``), so certificates and
+  includes beside it come along; a file beside the topology, or given by an
+  absolute path, is mounted alone;
 * the lab state -> one named volume ``labstate`` at ``/lab/state``, shared by
   all services, so control sockets (``hostcmd.control_socket``) are reachable
   from any container: ``docker compose exec client lbkit lab ... --state-dir
@@ -35,7 +40,7 @@ import yaml
 
 from ..hostcmd import host_command
 from ..services import endpoint, services_of
-from ..topology import Host, Topology
+from ..topology import Host, Topology, l7_router_option
 
 IMAGE = "lbkit-lab:latest"
 DOCKERFILE = "docker/Dockerfile"
@@ -148,6 +153,22 @@ def compose_hosts_table(topology: Topology) -> list[dict[str, Any]]:
     return rows
 
 
+def _router_mount(host: Host, mount: str) -> str | None:
+    """The bind mount (``source:target:ro``) that puts an l7 host's router file where its
+    path, relative to ``/lab/topology.toml``, leads (``mount``: the topology's source)."""
+    found = l7_router_option(host)
+    if found is None:
+        return None
+    written = _posix(found[1])
+    source = posixpath.normpath(posixpath.join(posixpath.dirname(mount), written))
+    target = posixpath.normpath(posixpath.join(LAB_DIR, written))  # an absolute path stays
+    folder, target_folder = posixpath.dirname(source), posixpath.dirname(target)
+    hides = f"{LAB_DIR}/".startswith(f"{target_folder.rstrip('/')}/")  # /, /lab
+    if posixpath.isabs(written) or hides or f"{target_folder}/".startswith(f"{STATE_DIR}/"):
+        return f"{source}:{target}:ro"  # the file alone: its folder could hide the image's
+    return f"{folder}:{target_folder}:ro"
+
+
 def _service(host: Host, *, mount: str, context: str) -> dict[str, Any]:
     svc: dict[str, Any] = {
         "image": IMAGE,
@@ -173,7 +194,12 @@ def _service(host: Host, *, mount: str, context: str) -> dict[str, Any]:
         if kernel:  # all=0 alone turns redirects off: the kernel ANDs all with the interface
             svc["sysctls"]["net.ipv4.conf.all.send_redirects"] = 0
             svc["sysctls"]["net.ipv4.conf.default.send_redirects"] = 0
-    svc["volumes"] = [f"{mount}:{TOPOLOGY_PATH}:ro", f"{STATE_VOLUME}:{STATE_DIR}"]
+    router = _router_mount(host, mount)
+    svc["volumes"] = [
+        f"{mount}:{TOPOLOGY_PATH}:ro",
+        *([router] if router else []),
+        f"{STATE_VOLUME}:{STATE_DIR}",
+    ]
     networks: dict[str, Any] = {}
     for itf in host.interfaces:
         attach: dict[str, Any] = {"ipv4_address": itf.ip}

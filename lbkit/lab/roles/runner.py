@@ -1,10 +1,11 @@
 """``lbkit lab host``: run one host's role until SIGTERM, whichever provider hosts it.
 
-Picks the server by role (``backend``; ``l4``/``l7`` placeholders; ``client``
-and ``tools`` idle with only the control channel), binds each service where
-:func:`lbkit.lab.services.bind_address` says, prints ``ready NAME`` once every
-listener is up, and on SIGTERM or SIGINT closes everything and returns (exit
-code 0). Runs on uvloop when it is installed.
+Picks the server by role (``backend``; an ``l4`` forwarder with a VIP; an
+``l7`` router with a router file, :mod:`lbkit.lab.roles.l7`; else ``l4``/``l7``
+placeholders; ``client`` and ``tools`` idle with only the control channel),
+binds each service where :func:`lbkit.lab.services.bind_address` says, prints
+``ready NAME`` once every listener is up, and on SIGTERM or SIGINT closes
+everything and returns (exit code 0). Runs on uvloop when it is installed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..errors import LabError
 from ..hostcmd import control_socket
 from ..hostsetup import prepare
 from ..services import bind_address, service_named
-from ..topology import Host, Topology
+from ..topology import Host, Topology, l7_router_option
 from .backend_core import DEFAULT_SLOW_DELAY, RoleState, check_mode, check_slow_delay
 
 
@@ -103,6 +104,10 @@ def role_main(
 
             return Forwarder(cfg).serve(on_ready, control)
         return _serve_l4_proxy(topology, host, cfg, addressing, control, on_ready)
+    if host.role == "l7" and l7_router_option(host) is not None:
+        from .l7 import serve_l7
+
+        return serve_l7(topology, host, addressing, control, on_ready)
     if host.role in ("l4", "l7"):
         from .placeholder import serve_placeholder
 

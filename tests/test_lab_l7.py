@@ -1,0 +1,287 @@
+"""The layered lab's L7 tier: alb1 and alb2 run lbkit's reverse proxy from labs/l7/router.toml.
+
+Routing is checked from the client under netns (root: real packets, client ->
+nlb (router) -> alb -> backend) and under the local provider (loopback, the
+router file's 10.0.1.x addresses mapped to the hosts' 127.0.1.x endpoints).
+Backends answer with their name and an ``X-Backend`` header.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lbkit.l7.model import Listen, Location, RouterConfig, ServerBlock, Upstream, UpstreamServer
+from lbkit.l7.tomlconf import load_router_toml
+from lbkit.lab import Lab, LabError, TopologyError, load_topology, parse_topology
+from lbkit.lab.control import send_control
+from lbkit.lab.providers.netns import list_namespaces
+from lbkit.lab.roles.l7 import map_upstreams
+from lbkit.lab.services import endpoint, endpoint_map, service_named, services_of
+from lbkit.lab.state import LabState
+
+from ._procs import processes_mentioning
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERED = ROOT / "labs/layered.toml"
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def fetch(lab: Lab, host: str, path: str = "/", *curl: str) -> tuple[dict[str, str], str]:
+    """GET ``path`` from ``host``'s http service, sent from the client: (headers, body)."""
+    proc = lab.exec("client", ["curl", "-s", "-i", "-m", "5", *curl, lab.url(host, path)])
+    assert proc.returncode == 0, proc.stderr
+    head, _, body = proc.stdout.replace("\r\n", "\n").partition("\n\n")
+    lines = head.splitlines()
+    assert lines[0].startswith("HTTP/1.1 200"), lines[0]
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return headers, body
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(
+            "netns", marks=pytest.mark.skipif(not IS_ROOT, reason="network namespaces need root")
+        ),
+        "local",
+    ],
+)
+def lab(request, tmp_path_factory):
+    """The layered lab, up under the provider, always taken down; nothing may remain."""
+    state_dir = tmp_path_factory.mktemp(f"l7{request.param}")
+    lab = Lab(LAYERED, provider=request.param, state_dir=state_dir)
+    try:
+        yield lab.up()
+    finally:
+        lab.down()
+    assert [ns for ns in list_namespaces() if ns.startswith(f"{lab.prefix}-")] == []
+    assert processes_mentioning(str(state_dir)) == []
+
+
+# ------------------------------------------------------------------ routing
+
+
+def test_api_path_reaches_an_api_backend(lab):
+    """/api/x on alb1 is answered by one of api1..3."""
+    headers, body = fetch(lab, "alb1", "/api/x")
+    assert headers["x-backend"] in {"api1", "api2", "api3"}
+    assert body == f"{headers['x-backend']}\n"
+
+
+def test_static_path_reaches_a_static_backend(lab):
+    """/static/ on alb1 is answered by static1 or static2."""
+    headers, _ = fetch(lab, "alb1", "/static/logo.png")
+    assert headers["x-backend"] in {"static1", "static2"}
+
+
+def test_mobile_user_agent_reaches_mobile1(lab):
+    """An iPhone User-Agent on / goes to mobile1."""
+    headers, _ = fetch(lab, "alb1", "/", "-A", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0)")
+    assert headers["x-backend"] == "mobile1"
+
+
+def test_canary_header_reaches_canary1(lab):
+    """X-Canary: 1 on /api/ forces the canary pool."""
+    headers, _ = fetch(lab, "alb1", "/api/x", "-H", "X-Canary: 1")
+    assert headers["x-backend"] == "canary1"
+
+
+def test_sticky_cookie_from_alb1_is_honoured_by_alb2(lab):
+    """app.example.com: alb1 sets the sticky cookie; alb2 reads it (no new cookie, a sticky hit)."""
+    headers, _ = fetch(lab, "alb1", "/", "-H", "Host: app.example.com")
+    assert headers["x-backend"] == "app1"
+    cookie = re.match(r"(lbkit_sticky=[^;]+);", headers["set-cookie"]).group(1)
+    hits = lab_stats(lab, "alb2")["router"]["sticky_hits"]
+    again, _ = fetch(lab, "alb2", "/", "-H", "Host: app.example.com", "-H", f"Cookie: {cookie}")
+    assert again["x-backend"] == "app1" and "set-cookie" not in again
+    assert lab_stats(lab, "alb2")["router"]["sticky_hits"] == hits + 1
+
+
+# ------------------------------------------------------------------ control and admin
+
+
+def lab_stats(lab: Lab, host: str) -> dict:
+    reply = send_control(lab.control_path(host), {"op": "stats"})
+    assert reply["ok"], reply
+    return reply["stats"]
+
+
+def test_control_status_names_the_proxy_and_its_config(lab):
+    """status: role l7, mode proxy, the router file, listening on http and admin."""
+    status = lab.backend("alb1")
+    assert (status["role"], status["mode"]) == ("l7", "proxy")
+    assert status["config"].endswith("labs/l7/router.toml")
+    ports = {port for _, _, port in status["listening"]}
+    assert ports == {lab.endpoint("alb1")[1], lab.endpoint("alb1", "admin")[1]}
+
+
+def test_stats_show_the_router_pools_by_lab_name(lab):
+    """stats: every pool of router.toml with its backends named as the lab's hosts."""
+    upstreams = lab_stats(lab, "alb2")["router"]["upstreams"]
+    assert {b["name"] for b in upstreams["api"]["backends"]} == {"api1", "api2", "api3"}
+    api1 = lab.endpoint("api1")
+    assert upstreams["api"]["backends"][0]["address"] == f"{api1[0]}:{api1[1]}"
+
+
+def test_reload_keeps_serving(lab):
+    """reload reads router.toml again; the next request is still routed."""
+    reply = send_control(lab.control_path("alb2"), {"op": "reload"})
+    assert reply["ok"] and reply["reloads"] >= 1
+    assert fetch(lab, "alb2", "/api/x", "-H", "X-Canary: 1")[0]["x-backend"] == "canary1"
+
+
+def test_sighup_reloads_like_lbkit_l7(lab):
+    """SIGHUP to alb1's process reloads its router file, as `lbkit l7` does."""
+    before = lab_stats(lab, "alb1")["reloads"]
+    os.kill(LabState.load(lab.state_dir).processes["alb1"], signal.SIGHUP)
+    deadline = time.monotonic() + 10  # each control round trip lets the host's loop run
+    while lab_stats(lab, "alb1")["reloads"] == before:
+        assert time.monotonic() < deadline, "no reload after SIGHUP"
+    assert lab_stats(lab, "alb1")["reloads"] == before + 1
+    assert fetch(lab, "alb1", "/", "-A", "iPhone")[0]["x-backend"] == "mobile1"
+
+
+def test_set_mode_is_refused(lab):
+    """An L7 router has no backend modes: set-mode answers ok false."""
+    with pytest.raises(LabError, match="fixed mode 'proxy'"):
+        lab.backend("alb1", "error-500")
+
+
+def test_admin_api_answers_inside_the_host_only(lab):
+    """The admin API answers /stats where it listens; under netns not on alb1's lab address."""
+    ip, port = lab.endpoint("alb1", "admin")
+    got = lab.exec("alb1", ["curl", "-s", "-m", "5", f"http://{ip}:{port}/stats"])
+    assert '"requests"' in got.stdout
+    if lab.provider == "netns":
+        assert ip == "127.0.0.1"
+        refused = lab.exec("client", ["curl", "-s", "-m", "5", f"http://10.0.1.3:{port}/stats"])
+        assert refused.returncode == 7  # connection refused
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def test_layered_albs_name_the_router_file():
+    """labs/layered.toml: alb1 and alb2 serve l7/router.toml and list http and admin."""
+    topo = load_topology(LAYERED)
+    for name in ("alb1", "alb2"):
+        host = topo.host(name)
+        assert host.options == {"config": "l7/router.toml"}
+        assert [s.name for s in services_of(host)] == ["http", "admin"]
+    assert [s.name for s in services_of(topo.host("nlb"))] == ["http"]  # still a placeholder
+
+
+def l7_topology(**options: object) -> dict:
+    return {
+        "name": "t",
+        "segments": {"lan": {"subnet": "10.0.1.0/24"}},
+        "hosts": {"alb": {"role": "l7", "addresses": ["10.0.1.3"], "options": options}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"confg": "r.toml"},
+            "hosts.alb.options.confg: unknown key (expected config or nginx_conf)",
+        ),
+        ({"config": "r.toml", "nginx_conf": "n.conf"}, "hosts.alb.options: give config"),
+        ({"config": 3}, "hosts.alb.options.config: expected a file path"),
+        ({"nginx_conf": ""}, "hosts.alb.options.nginx_conf: expected a file path"),
+    ],
+)
+def test_l7_option_mistakes_name_the_key(options, message):
+    """A malformed l7 option is a TopologyError naming file and key."""
+    with pytest.raises(TopologyError, match=re.escape(f"x.toml: {message}")):
+        parse_topology(l7_topology(**options), source="x.toml")
+
+
+def test_l7_without_a_router_file_keeps_the_placeholder():
+    """No config option: the placeholder's single http service."""
+    host = parse_topology(l7_topology()).host("alb")
+    (http,) = services_of(host)
+    assert http.description.startswith("placeholder")
+
+
+def test_admin_endpoint_per_addressing():
+    """Admin: 127.0.0.1:9101 natively, the host's own 127.0.1.x:9101 on loopback."""
+    topo = load_topology(LAYERED)
+    alb1 = topo.host("alb1")
+    admin = service_named(alb1, "admin")
+    assert endpoint(topo, alb1, admin, "native") == ("127.0.0.1", 9101)
+    assert endpoint(topo, alb1, admin, "loopback") == ("127.0.1.4", 9101)
+
+
+def test_local_addresses_map_every_upstream_keeping_names():
+    """Under loopback addressing each 10.0.1.x:80 server becomes its host's endpoint, same name."""
+    topo = load_topology(LAYERED)
+    config = load_router_toml(ROOT / "labs/l7/router.toml")
+    mapped = map_upstreams(config, endpoint_map(topo, "loopback"))
+    servers = {s.name: s.address for up in mapped.upstreams.values() for s in up.servers}
+    assert servers["api1"] == "127.0.1.6:8080" and servers["canary1"] == "127.0.1.13:8080"
+    assert config.upstreams["api"].servers[0].address == "10.0.1.10:80"  # the original is kept
+
+
+def test_unnamed_servers_and_proxy_pass_are_mapped_too():
+    """An unnamed server keeps its lab address as name; a literal proxy_pass is rewritten."""
+    config = RouterConfig(
+        servers=[
+            ServerBlock([Listen(80)], locations=[Location("/", proxy_pass="http://10.0.1.11/v2/")])
+        ],
+        upstreams={
+            "u": Upstream("u", [UpstreamServer("10.0.1.10:3000"), UpstreamServer("9.9.9.9")])
+        },
+    )
+    mapped = map_upstreams(config, endpoint_map(load_topology(LAYERED), "loopback"))
+    first, other = mapped.upstreams["u"].servers
+    assert (first.name, first.address) == ("10.0.1.10:3000", "127.0.1.6:3000")
+    assert (other.name, other.address) == (None, "9.9.9.9")
+    assert mapped.servers[0].locations[0].proxy_pass == "http://127.0.1.7:8080/v2/"
+
+
+def bad_layered(tmp_path: Path, router: str) -> Path:
+    """A copy of the layered lab whose albs serve ``router`` (written beside it)."""
+    (tmp_path / "l7").mkdir()
+    (tmp_path / "l7/router.toml").write_text(router)
+    topo = tmp_path / "layered.toml"
+    topo.write_text(LAYERED.read_text())
+    return topo
+
+
+def test_bad_router_file_fails_up_before_anything_is_made(tmp_path):
+    """An unknown algorithm: LabError naming topology, key and the router file's key; no state."""
+    text = (ROOT / "labs/l7/router.toml").read_text()
+    topo = bad_layered(tmp_path, text.replace('"least_connections"', '"fastest"'))
+    lab = Lab(topo, provider="local", state_dir=tmp_path / "state")
+    with pytest.raises(LabError) as err:
+        lab.up()
+    message = str(err.value)
+    assert message.startswith(f"{topo}: hosts.alb1.options.config: {tmp_path}/l7/router.toml:")
+    assert "pool.api.algorithm" in message and "\n" not in message
+    assert not (tmp_path / "state").exists()
+
+
+def test_cli_reports_a_missing_router_file_in_one_line(tmp_path):
+    """`lbkit lab up` with no router file: exit 2, one line naming the key; nothing made."""
+    topo = tmp_path / "layered.toml"
+    topo.write_text(LAYERED.read_text())
+    proc = subprocess.run(
+        [sys.executable, "-m", "lbkit", "lab", "up", str(topo), "--provider", "netns",
+         "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "hosts.alb1.options.config:" in proc.stderr and "router.toml" in proc.stderr
+    assert LabState.load(tmp_path / "state") is None
