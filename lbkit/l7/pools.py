@@ -62,6 +62,22 @@ def server_name(server: UpstreamServer) -> str:
     return server.name or server.address
 
 
+def server_names(servers: list[UpstreamServer]) -> list[str]:
+    """Each server's :func:`server_name`; a name seen before gets ``#2``, ``#3``... added.
+
+    nginx accepts one address listed twice in an ``upstream`` (``server a; server a;``)
+    and keeps two peers, each with its weight, state and failures
+    (ngx_http_upstream_init_round_robin); the balancer needs distinct names.
+    """
+    names: list[str] = []
+    for s in servers:
+        name, n = server_name(s), 1
+        while (name if n == 1 else f"{name}#{n}") in names:
+            n += 1
+        names.append(name if n == 1 else f"{name}#{n}")
+    return names
+
+
 class Pool:
     """One upstream's balancer, health and retry budget."""
 
@@ -69,11 +85,12 @@ class Pool:
         self.name = upstream.name
         self.upstream = upstream
         backends = []
-        for s in upstream.servers:
+        names = server_names(upstream.servers)
+        for s, name in zip(upstream.servers, names, strict=True):
             host, port = split_address(s.address, DEFAULT_PORTS.get(scheme, 80))
             backends.append(
                 Backend(
-                    server_name(s),
+                    name,
                     weight=s.weight,
                     backup=s.backup,
                     max_conns=s.max_conns,
@@ -82,9 +99,13 @@ class Pool:
             )
         self.balancer = make_balancer(upstream.algorithm, backends, seed=seed)
         self.health = {
-            server_name(s): PassiveHealth(s.max_fails, s.fail_timeout) for s in upstream.servers
+            name: PassiveHealth(s.max_fails, s.fail_timeout)
+            for s, name in zip(upstream.servers, names, strict=True)
         }
-        self.admin = {server_name(s): ("down" if s.down else "up") for s in upstream.servers}
+        self.admin = {
+            name: ("down" if s.down else "up")
+            for s, name in zip(upstream.servers, names, strict=True)
+        }
         self.ejections = dict.fromkeys(self.admin, 0)
         self.ejected: set[str] = set()  # out for passive health now
         self.budget = RetryBudget()
