@@ -173,6 +173,7 @@ def router_for(addresses: list[str], port: int, kind: str = "auto") -> tuple[obj
                             pattern="/",
                             proxy_pass="http://backends",
                             set_headers=[("Connection", "")],
+                            http_version="1.1",  # as nginx's proxy_http_version 1.1
                         )
                     ],
                 )

@@ -139,3 +139,29 @@ def test_backend_validates_its_fields():
         Backend("x", weight=0)
     with pytest.raises(ValueError, match="'x': max_conns"):
         Backend("x", max_conns=-1)
+
+
+# ------------------------------------------------- nginx's effective_weight after failures
+@pytest.mark.parametrize("name", ["weighted_round_robin", "least_connections"])
+def test_penalized_backend_ramps_back_one_per_pick(name):
+    """penalize() lowers the effective weight (nginx: weight/max_fails); each pick where the
+    backend is a candidate raises it by one, up to its weight; a weight change resets it."""
+    bal = make_balancer(name, [Backend("a", weight=4), Backend("b", weight=4)])
+    a = bal.backend("a")
+    bal.penalize(a, 4)
+    assert bal._effective[0] == 0
+    seen = []
+    for _ in range(5):
+        bal.pick(None, 0.0)
+        seen.append(bal._effective[0])
+    assert seen == [1, 2, 3, 4, 4]
+    bal.penalize(a, 10)
+    assert bal._effective[0] == 0  # never below zero
+    bal.set_weight("a", 2)
+    assert bal._effective[0] == 2  # a new weight starts afresh
+
+
+def test_penalize_is_a_no_op_for_algorithms_without_effective_weights():
+    bal = make_balancer("round_robin", [Backend("a"), Backend("b")])
+    bal.penalize(bal.backend("a"), 1)
+    assert [bal.pick(None, 0.0).name for _ in range(4)] == ["a", "b", "a", "b"]

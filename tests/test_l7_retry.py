@@ -11,7 +11,9 @@ from lbkit.l7.router import Decision, RequestHead, Router
 NU_502 = ["error", "timeout", "http_502"]
 
 
-def make_router(next_upstream=NU_502, tries=0, servers=3, max_fails=1) -> Router:
+def make_router(
+    next_upstream=NU_502, tries=0, servers=3, max_fails=1, nginx_semantics=None
+) -> Router:
     up = Upstream(
         "api",
         [
@@ -23,7 +25,7 @@ def make_router(next_upstream=NU_502, tries=0, servers=3, max_fails=1) -> Router
         "/", proxy_pass="http://api", next_upstream=list(next_upstream), next_upstream_tries=tries
     )
     block = ServerBlock([Listen(80)], ["example.com"], [loc])
-    return Router(RouterConfig([block], {"api": up}))
+    return Router(RouterConfig([block], {"api": up}), nginx_semantics=nginx_semantics)
 
 
 def route(router: Router, method: str = "GET", now: float = 0.0) -> Decision:
@@ -178,19 +180,33 @@ def test_404_never_ejects():
 
 
 def test_ejected_backend_returns_after_fail_timeout():
-    """After fail_timeout (10 s) the ejected server is chosen again."""
+    """After fail_timeout (10 s) the ejected server is chosen again, once its effective
+    weight (0 after the failure: weight/max_fails = 1) has climbed back, as in nginx:
+    the others take the first picks, then it returns."""
     router = make_router()
     bad = fail_once(route(router))
-    picks = {route(router, now=10.5).pick(10.5).name for _ in range(3)}
+    picks = [route(router, now=10.5).pick(10.5).name for _ in range(6)]
     assert bad.name in picks
+    assert picks[0] != bad.name
 
 
-def test_all_ejected_are_reset_and_tried():
-    """When every server is out for its failures, all are let in again (nginx quick recovery)."""
-    router = make_router(servers=2)
+def test_all_ejected_are_reset_and_tried_under_lbkit_semantics():
+    """lbkit's TOML: when every server is out for its failures, all are let in again
+    (quick recovery, like Envoy's panic mode)."""
+    router = make_router(servers=2, nginx_semantics=False)
     for _ in range(2):
         fail_once(route(router))
     assert route(router, now=1.0).pick(1.0) is not None
+
+
+def test_all_ejected_means_none_until_fail_timeout_like_nginx():
+    """nginx 1.22: every server out for its failures -> no live upstreams (502) until
+    fail_timeout (10 s by default) passes; then a server is tried again."""
+    router = make_router(servers=2)
+    for _ in range(2):
+        fail_once(route(router))
+    assert route(router, now=1.0).pick(1.0) is None
+    assert route(router, now=11.0).pick(11.0) is not None
 
 
 def test_restart_on_same_backend_is_not_a_retry():

@@ -125,7 +125,7 @@ def test_absolute_form_authority_beats_host_header():
     """GET http://app.example.com/ picks the app server whatever Host says (RFC 9112 §3.2.2)."""
     d = routed(head("http://app.example.com/x?y=1"))
     assert d.upstream == "app"
-    assert d.request_line() == b"GET /x?y=1 HTTP/1.1\r\n"
+    assert d.request_line() == b"GET /x?y=1 HTTP/1.0\r\n"  # nginx: HTTP/1.0 upstream
 
 
 def test_sni_mismatch_is_421():
@@ -246,10 +246,10 @@ def test_route_name_for_the_access_log():
 @pytest.mark.parametrize(
     ("target", "line"),
     [
-        ("/api/%7Euser/./x?q=1", b"GET /api/%7Euser/./x?q=1 HTTP/1.1\r\n"),
-        ("/v1/users?id=7", b"GET /v2/users?id=7 HTTP/1.1\r\n"),
-        ("/v1/a%20b/../c", b"GET /v2/c HTTP/1.1\r\n"),
-        ("/v1/caf%C3%A9", b"GET /v2/caf%C3%A9 HTTP/1.1\r\n"),
+        ("/api/%7Euser/./x?q=1", b"GET /api/%7Euser/./x?q=1 HTTP/1.0\r\n"),
+        ("/v1/users?id=7", b"GET /v2/users?id=7 HTTP/1.0\r\n"),
+        ("/v1/a%20b/../c", b"GET /v2/c HTTP/1.0\r\n"),
+        ("/v1/caf%C3%A9", b"GET /v2/caf%C3%A9 HTTP/1.0\r\n"),
     ],
 )
 def test_proxy_pass_uri_rule(target, line):
@@ -373,3 +373,38 @@ def test_stats_are_json_and_per_backend():
     assert row["active"] == 1
     assert stats["rejected"] == {"400": 1}
     assert stats["requests"] == 2
+
+
+def test_upstream_http_version_follows_proxy_http_version():
+    """nginx configs speak HTTP/1.0 upstream unless proxy_http_version 1.1; lbkit's TOML 1.1;
+    a chunked body always goes as 1.1 (HTTP/1.0 has no chunked coding)."""
+    cfg = make_config()
+    assert routed(head("/api/x")).request_line().endswith(b"HTTP/1.0\r\n")
+    for server in cfg.servers:
+        for loc in server.locations:
+            loc.http_version = "1.1"
+    assert routed(head("/api/x"), Router(cfg)).request_line().endswith(b"HTTP/1.1\r\n")
+    toml = Router(make_config(), nginx_semantics=False)
+    assert routed(head("/api/x"), toml).request_line().endswith(b"HTTP/1.1\r\n")
+    chunked = head("/api/x", [("Transfer-Encoding", "chunked")], method="POST")
+    assert routed(chunked).request_line().endswith(b"HTTP/1.1\r\n")
+
+
+def test_nginx_auto_redirect_of_a_proxying_prefix_without_its_slash():
+    """``location /api/ { proxy_pass ...; }``: /api is answered 301 to /api/ (nginx's
+    auto_redirect), with the query kept, and the Location made absolute as nginx does."""
+    d = routed(head("/api"))
+    assert d.return_answer == (301, "/api/")
+    assert d.response_headers() == [("Location", "http://lb.example.com/api/")]
+    d = routed(head("/api?x=1", host="LB.example.com:8080"))
+    assert d.return_answer == (301, "/api/?x=1")
+    assert d.response_headers() == [("Location", "http://lb.example.com/api/?x=1")]
+    toml = Router(make_config(), nginx_semantics=False)
+    assert routed(head("/api"), toml).return_answer is None  # not an ALB habit
+
+
+def test_no_backend_status_is_nginx_502_or_lbkit_503():
+    """With nothing to pick, nginx answers 502 ("no live upstreams"); lbkit's TOML 503."""
+    assert routed(head("/api/x")).no_backend_status == 502
+    toml = Router(make_config(), nginx_semantics=False)
+    assert routed(head("/api/x"), toml).no_backend_status == 503

@@ -170,6 +170,11 @@ class Balancer:
         if not ok:
             self._failed[i] += 1
 
+    def penalize(self, backend: Backend, amount: int) -> None:
+        """A failed attempt lowers ``backend``'s effective weight by ``amount`` (nginx:
+        ``weight / max_fails``), which climbs back by one per pick. Only the algorithms
+        that keep nginx's ``effective_weight`` (smooth WRR, least_conn) use it."""
+
     # ------------------------------------------------------------ operations
     def set_state(self, backend: Backend | str, state: str) -> None:
         """Set ``up``, ``down`` or ``drain`` (by operator or health check)."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._base import Balancer, Flow
+from ._base import Backend, Balancer, Flow
+from ._smooth import follow_weights, penalize
 
 
 class LeastConnections(Balancer):
@@ -29,6 +30,14 @@ class LeastConnections(Balancer):
     def _changed(self) -> None:
         if not hasattr(self, "_current"):
             self._current = [0] * len(self.backends)
+        weights = [b.weight for b in self.backends]
+        self._effective = follow_weights(
+            getattr(self, "_effective", None), getattr(self, "_weights", None), weights
+        )
+        self._weights = weights
+
+    def penalize(self, backend: Backend, amount: int) -> None:
+        penalize(self._effective, self._index[backend], amount)
 
     def _choose(self, candidates: Sequence[int], flow: Flow | None, now: float) -> int:
         active = self._active
@@ -48,13 +57,16 @@ class LeastConnections(Balancer):
         lead = best
         total = 0
         current = self._current
+        effective = self._effective
         start = candidates.index(best)
         for i in candidates[start:]:
             if active[i] * backends[lead].weight != active[lead] * backends[i].weight:
                 continue
-            w = backends[i].weight
-            current[i] += w
-            total += w
+            e = effective[i]  # nginx: peer->effective_weight, climbing back to weight
+            current[i] += e
+            total += e
+            if e < backends[i].weight:
+                effective[i] = e + 1
             if current[i] > current[best]:
                 best = i
         current[best] -= total

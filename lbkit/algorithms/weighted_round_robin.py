@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._base import Balancer, Flow
-from ._smooth import smooth_wrr_step
+from ._base import Backend, Balancer, Flow
+from ._smooth import follow_weights, penalize, smooth_wrr_step
 
 
 class WeightedRoundRobin(Balancer):
@@ -25,7 +25,14 @@ class WeightedRoundRobin(Balancer):
     def _changed(self) -> None:
         if not hasattr(self, "_current"):
             self._current = [0] * len(self.backends)
-        self._weights = [b.weight for b in self.backends]
+        weights = [b.weight for b in self.backends]
+        self._effective = follow_weights(
+            getattr(self, "_effective", None), getattr(self, "_weights", None), weights
+        )
+        self._weights = weights
 
     def _choose(self, candidates: Sequence[int], flow: Flow | None, now: float) -> int:
-        return smooth_wrr_step(self._current, self._weights, candidates)
+        return smooth_wrr_step(self._current, self._weights, candidates, self._effective)
+
+    def penalize(self, backend: Backend, amount: int) -> None:
+        penalize(self._effective, self._index[backend], amount)

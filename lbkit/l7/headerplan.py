@@ -27,19 +27,35 @@ class HeaderPlan:
 
     ``default_names`` are the names of the defaults the router will pass to
     :meth:`build`, in that order (their values vary per request).
+
+    ``nginx=True`` is nginx's own order and set (ngx_http_proxy_init_headers):
+    the ``proxy_set_header`` fields first, then the defaults they did not
+    replace, then the client's fields minus only the names the proxy set (the
+    defaults include the hop-by-hop ones nginx clears: Connection, Keep-Alive,
+    TE, Upgrade, Expect, Transfer-Encoding); fields named in ``Connection``
+    are forwarded, as nginx does. ``nginx=False`` is :func:`compose`'s rule.
     """
 
-    __slots__ = ("drop", "kept", "sets", "sort_host")
+    __slots__ = ("drop", "hop_by_hop", "kept", "nginx", "sets", "sort_host")
 
-    def __init__(self, default_names: Sequence[str], set_headers: Sequence[tuple[str, str]]):
+    def __init__(
+        self,
+        default_names: Sequence[str],
+        set_headers: Sequence[tuple[str, str]],
+        *,
+        nginx: bool = False,
+    ):
         configured = {n.lower() for n, _ in set_headers}
+        self.nginx = nginx
         self.kept = tuple(i for i, n in enumerate(default_names) if n.lower() not in configured)
         self.sets = tuple((n, v, "$" in v) for n, v in set_headers)
         owned = {default_names[i].lower() for i in self.kept} | configured
-        self.drop = NOT_FORWARDED | owned
+        self.hop_by_hop = not nginx
+        self.drop = frozenset(owned) if nginx else NOT_FORWARDED | owned
         # Defaults put Host first; only a configured Host can land elsewhere.
         first_kept = default_names[self.kept[0]].lower() if self.kept else ""
-        self.sort_host = "host" in configured or ("host" in owned and first_kept != "host")
+        host_moves = "host" in configured or ("host" in owned and first_kept != "host")
+        self.sort_host = host_moves and not nginx
 
     def build(
         self,
@@ -50,7 +66,7 @@ class HeaderPlan:
     ) -> Headers:
         """The header list; ``variables()`` is called only if a value holds a ``$``;
         ``connection``: whether the client sent a Connection field (whose tokens are dropped)."""
-        out = [defaults[i] for i in self.kept]
+        out = [] if self.nginx else [defaults[i] for i in self.kept]
         if self.sets:
             env = None
             for name, value, template in self.sets:
@@ -58,9 +74,11 @@ class HeaderPlan:
                     env = env or variables()
                     value = env.expand(value)
                 out.append((name, value))
+        if self.nginx:
+            out += [defaults[i] for i in self.kept]
         out = [f for f in out if f[1] != ""]
         drop = self.drop
-        if connection:
+        if connection and self.hop_by_hop:
             named = {
                 token.strip().lower()
                 for n, v in client

@@ -104,7 +104,11 @@ class RequestVars:
     def get(self, name: str) -> str | None:
         """The value of ``$name``, or None if nginx has no such variable."""
         if name.startswith("http_"):
-            return joined(self.headers, name[5:].replace("_", "-")) or ""
+            field = name[5:].replace("_", "-")
+            if field in ("cookie", "x-forwarded-for"):  # the two nginx 1.22 joins
+                return joined(self.headers, field) or ""
+            found = values(self.headers, field)  # nginx 1.22: the first (1.23+ joins them all)
+            return found[0] if found else ""
         if name.startswith("cookie_"):
             return self.cookies.get(name[7:], "")
         if name.startswith("arg_"):

@@ -80,6 +80,9 @@ class Location:
     #: http_503 http_504 http_403 http_404 http_429 non_idempotent off.
     next_upstream: list[str] = field(default_factory=lambda: ["error", "timeout"])
     next_upstream_tries: int = 0  # 0: no limit but the number of servers (nginx)
+    #: proxy_http_version: the upstream request's version; None: nginx's "1.0" under nginx
+    #: semantics, "1.1" for lbkit's TOML (keep-alive to the backends, as an ALB).
+    http_version: str | None = None
     matches: list[HeaderMatch] = field(default_factory=list)  # TOML: all must hold
     split: Split | None = None
     sticky_cookie: str | None = None  # name of the cookie pinning a client to a backend

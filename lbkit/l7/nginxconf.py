@@ -307,6 +307,7 @@ class _Inherited:
     set_headers: list[tuple[str, str]] | None = None
     next_upstream: list[str] | None = None
     next_upstream_tries: int | None = None
+    http_version: str | None = None
     ssl_certificate: tuple[str, str] | None = None  # (value, origin)
     ssl_certificate_key: tuple[str, str] | None = None
     seen: set[str] = field(default_factory=set)  # directives given here (duplicate checks)
@@ -483,6 +484,13 @@ class _Reader:
                 self._error(_PARSE, origin, f'"{name}" directive invalid number')
             else:
                 scope.next_upstream_tries = int(args[0])
+        elif name == "proxy_http_version":
+            if self._duplicate(stmt, scope):
+                return True
+            if args[0] not in ("1.0", "1.1"):
+                self._error(_PARSE, origin, f'invalid value "{args[0]}"')  # ngx_conf_set_enum_slot
+            else:
+                scope.http_version = args[0]
         elif name in ("ssl_certificate", "ssl_certificate_key"):
             if getattr(scope, name) is None:
                 setattr(scope, name, (args[0], origin))
@@ -911,7 +919,7 @@ class _Reader:
                 message = f'cannot load certificate key "{block.ssl_certificate_key}": no such file'
                 self._error(_MERGE, key[1], message)
         for loc, own in merge.locations:
-            for attr in ("set_headers", "next_upstream", "next_upstream_tries"):
+            for attr in ("set_headers", "next_upstream", "next_upstream_tries", "http_version"):
                 chain = (getattr(own, attr), getattr(scope, attr), getattr(http, attr))
                 value = next((v for v in chain if v is not None), None)
                 if value is not None:

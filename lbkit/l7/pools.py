@@ -10,13 +10,17 @@ A :class:`Pool` joins three things about each backend:
 
 Retries need "any server not tried yet": :meth:`Pool.pick` takes the names
 already tried and hides them from the balancer for that one pick, as
-nginx's ``tried`` bitmap does (ngx_http_upstream_get_peer). When no server
-at all can be chosen and some are out only for their failures, every
-failure count is forgotten and the pick is made again: nginx's "all peers
-failed, mark them as live for quick recovery" (the ``failed:`` path of
-ngx_http_upstream_get_round_robin_peer and of least_conn's get peer). nginx
-then answers that one request 502 and lets the next ones in; lbkit tries
-again at once, so the request that found the pool empty is not lost.
+nginx's ``tried`` bitmap does (ngx_http_upstream_get_peer).
+
+When no server at all can be chosen and some are out only for their
+failures, nginx 1.22 answers 502 ("no live upstreams") until their
+fail_timeout ends, even if they are well again: ``quick_recovery=False``,
+used for nginx configs (the differential test shows it). Old nginx versions
+instead forgot every failure count ("all peers failed, mark them as live for
+quick recovery"), which is close to Envoy's panic mode (balance over every
+host when too few are healthy); lbkit's TOML configs do that
+(``quick_recovery=True``) and pick again at once, so the request that found
+the pool empty is not lost.
 """
 
 from __future__ import annotations
@@ -81,8 +85,16 @@ def server_names(servers: list[UpstreamServer]) -> list[str]:
 class Pool:
     """One upstream's balancer, health and retry budget."""
 
-    def __init__(self, upstream: Upstream, *, seed: int = 0, scheme: str = "http") -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        *,
+        seed: int = 0,
+        scheme: str = "http",
+        quick_recovery: bool = True,
+    ) -> None:
         self.name = upstream.name
+        self.quick_recovery = quick_recovery
         self.upstream = upstream
         backends = []
         names = server_names(upstream.servers)
@@ -196,8 +208,8 @@ class Pool:
                 backend = self.balancer.pick(flow, now)
             except NoBackendAvailable:
                 backend = None
-        if backend is None and self.ejected:
-            for name in self.ejected:  # nginx: all peers failed, mark them as live
+        if backend is None and self.ejected and self.quick_recovery:
+            for name in self.ejected:  # quick recovery: forget the failures
                 self.health[name].reset()
             ejected, self.ejected = self.ejected, set()
             for name in ejected:
@@ -230,7 +242,11 @@ class Pool:
             if not health.fails:
                 return  # nothing to clear, nothing to sync (the common case)
             health.success(now)
-        elif health.failure(now):
+            self._sync(backend.name, now)
+            return
+        if health.max_fails:  # nginx: effective_weight -= weight / max_fails
+            self.balancer.penalize(backend, backend.weight // health.max_fails)
+        if health.failure(now):
             self.ejections[backend.name] += 1
         self._sync(backend.name, now)
 

@@ -157,6 +157,12 @@ TEXTS = {
     503: "503 service unavailable: no backend available",
     504: "504 gateway timeout: the backend did not answer in time",
 }
+#: What to answer when the router has no backend to pick (its ``no_backend_status``):
+#: nginx says "no live upstreams" in its error log.
+NO_BACKEND = {
+    502: "502 bad gateway: no live upstreams",
+    503: TEXTS[503],
+}
 
 
 class _Reject(Exception):
@@ -332,9 +338,14 @@ class Exchange:
             self.conn.transport.write(_CONTINUE)  # type: ignore[union-attr]
         backend = self.decision.pick(now, _EMPTY)
         if backend is None:
-            self.answer_locally(503, TEXTS[503])
+            self.no_backend()
         else:
             self.launch(backend, now)
+
+    def no_backend(self) -> None:
+        """Nothing to pick: the router's ``no_backend_status`` (nginx 502, lbkit TOML 503)."""
+        status = getattr(self.decision, "no_backend_status", 503)
+        self.answer_locally(status, NO_BACKEND.get(status, TEXTS[503]))
 
     def next_attempt(self, now: float) -> bool:
         """Pick a backend (not one tried) and send; False when there is none."""
@@ -890,7 +901,7 @@ class ClientConnection(asyncio.Protocol):
             if backend is not None:
                 ex.launch(backend, now)
             else:
-                ex.answer_locally(503, TEXTS[503])
+                ex.no_backend()
         else:
             ex.start(now)
 

@@ -305,6 +305,11 @@ class Decision:
         return f"{names[0] if names else '_'} {pattern}"
 
     @property
+    def no_backend_status(self) -> int:
+        """The status when no backend can be picked (see ``Router.no_backend_status``)."""
+        return self._router.no_backend_status
+
+    @property
     def upstream_tls(self) -> bool:
         """Whether the upstream connection speaks TLS (``proxy_pass https://``)."""
         return self.proxy is not None and self.proxy.scheme == "https"
@@ -319,6 +324,12 @@ class Decision:
         query follows. Without one, the client's target goes unchanged (in
         origin-form). nginx forbids a URI part in a regex location; lbkit
         then passes the original target.
+
+        The version is the location's ``proxy_http_version``: by default 1.0
+        for nginx configs (as nginx) and 1.1 for lbkit's TOML. A chunked
+        request body goes as HTTP/1.1 even then: nginx would read the whole
+        body first and send its length (``proxy_request_buffering on``), lbkit
+        streams it, and HTTP/1.0 has no chunked coding (RFC 9112 §6.1).
         """
         t = self.target
         loc = self.location
@@ -335,7 +346,10 @@ class Decision:
                 target += "?" + t.args
         else:
             target = t.origin_form
-        line = f"{self.head.method} {target} HTTP/1.1\r\n"
+        version = loc.http_version or self._router.default_http_version
+        if version == "1.0" and self.request_framing[0] == "chunked":
+            version = "1.1"
+        line = f"{self.head.method} {target} HTTP/{version}\r\n"
         return line.encode("utf-8", "surrogateescape")
 
     def upstream_headers(self, backend: Backend | None = None) -> list[tuple[str, str]]:
@@ -461,7 +475,7 @@ class Decision:
             if self.target.asterisk:
                 return [("Allow", ALLOW)]
             if status in (301, 302, 303, 307, 308) and text:
-                return [("Location", text)]
+                return [("Location", self._absolute(text))]
             return []
         name = self.location.sticky_cookie
         if not name or backend is None or self.upstream is None:
@@ -470,6 +484,20 @@ class Decision:
             return []
         token = sticky_token(self._router.config.sticky_secret, self.upstream, backend.name)
         return [set_cookie(name, token, secure=self.head.scheme == "https")]
+
+    def _absolute(self, location: str) -> str:
+        """nginx makes a redirect to ``/path`` absolute (``absolute_redirect on``,
+        ``server_name_in_redirect off``, ``port_in_redirect on``;
+        ngx_http_header_filter): the Host without its port, else the local
+        address, and the local port unless it is the scheme's default. lbkit's
+        TOML keeps it relative, as RFC 9110 §10.2.2 allows."""
+        if not self._router.nginx_semantics or not location.startswith("/"):
+            return location
+        head = self.head
+        host = self.host.host if self.host else head.server[0]
+        port = head.server[1]
+        default = 443 if head.scheme == "https" else 80
+        return f"{head.scheme}://{host}{'' if port == default else f':{port}'}{location}"
 
     def __repr__(self) -> str:
         where = self.upstream or (self.return_answer and f"return {self.return_answer[0]}")
@@ -493,9 +521,14 @@ class Router:
         self.nginx_semantics = nginx_semantics
         self.seed = seed
         self.rng = random.Random(seed)
+        #: proxy_http_version when a location sets none (nginx: 1.0).
+        self.default_http_version = "1.0" if nginx_semantics else "1.1"
+        #: The answer when no backend can be picked: nginx's 502 ("no live upstreams"),
+        #: or 503 for lbkit's TOML (the issue's "no healthy backend").
+        self.no_backend_status = 502 if nginx_semantics else 503
         self.pools: dict[str, Pool] = {}
         for name, up in config.upstreams.items():
-            self.pools[name] = Pool(up, seed=seed)
+            self.pools[name] = Pool(up, seed=seed, quick_recovery=not nginx_semantics)
         self._ports = list(dict.fromkeys(ln.port for s in config.servers for ln in s.listens))
         #: (host, port) -> server block: pure for one config (a reload builds a new Router).
         #: Hosts come from clients, so the cache is bounded and simply cleared when full.
@@ -505,6 +538,10 @@ class Router:
             id(s): {} for s in config.servers if not any(loc.matches for loc in s.locations)
         }
         self._plans: dict[int, HeaderPlan] = {}  # id(location) -> its header plan
+        #: id(server) -> (URI -> the location whose name is URI + "/"), and the names that stop it
+        self._redirects = {
+            id(s): _auto_redirects(s.locations) for s in config.servers if nginx_semantics
+        }
         self.counters = dict.fromkeys(("requests", "routed", "canary", "sticky_hits"), 0)
         self.rejected: dict[str, int] = {}
         for s in config.servers:
@@ -525,7 +562,9 @@ class Router:
             return self.pools[name]
         split_address(name)  # validates
         up = Upstream(name, [UpstreamServer(address=name)])
-        self.pools[name] = pool = Pool(up, seed=self.seed, scheme=proxy.scheme)
+        self.pools[name] = pool = Pool(
+            up, seed=self.seed, scheme=proxy.scheme, quick_recovery=not self.nginx_semantics
+        )
         return pool
 
     def set_backend_state(self, upstream: str, name: str, state: str) -> None:
@@ -650,8 +689,19 @@ class Router:
         if sni and host and self._server(sni, port) is not server:
             raise _Refuse(421, f"Host {host.host!r} is not served under TLS name {sni!r}")
         cookies = parse_cookies(head.headers) if scan.cookie else {}
+        redirects = self._redirects.get(id(server))
         if target.asterisk:
             location: Location | None = Location(pattern="*", return_status=200)
+        elif redirects and target.uri in redirects[0]:
+            # nginx's auto_redirect (ngx_http_core_find_static_location -> NGX_DONE, no regex):
+            # /api for "location /api/ { proxy_pass ...; }" is answered 301 /api/.
+            location = redirects[0][target.uri]
+            d = Decision(
+                self, head, target, host, server, location, version, cookies, framing, scan
+            )
+            to = location.pattern if target.args is None else f"{target.uri}/?{target.args}"
+            d.return_answer = (301, to)
+            return d
         else:
             location = self._location(server, target.uri, head.headers, cookies)
         if location is None:
@@ -711,8 +761,9 @@ class Router:
     def _plan(self, loc: Location) -> HeaderPlan:
         plan = self._plans.get(id(loc))
         if plan is None:
-            names = _NGINX_DEFAULTS if self.nginx_semantics else _LBKIT_DEFAULTS
-            plan = self._plans[id(loc)] = HeaderPlan(names, loc.set_headers)
+            nginx = self.nginx_semantics
+            names = _NGINX_DEFAULTS if nginx else _LBKIT_DEFAULTS
+            plan = self._plans[id(loc)] = HeaderPlan(names, loc.set_headers, nginx=nginx)
         return plan
 
     def _upstream_headers(self, d: Decision) -> Headers:
@@ -720,7 +771,14 @@ class Router:
         head = d.head
         proxy_host = d.proxy.authority if d.proxy else ""
         if self.nginx_semantics:
-            defaults = [("Host", proxy_host), ("Connection", "close")]
+            kind, length = d.request_framing
+            body_length = str(length) if kind == "length" else ""
+            defaults = [
+                ("Host", proxy_host),
+                ("Connection", "close"),
+                ("Content-Length", body_length),
+                *_NGINX_CLEARED,
+            ]
         else:
             host = str(d.host) if d.host else proxy_host
             trusted = in_networks(head.client[0], self.config.trusted_proxies)
@@ -737,8 +795,25 @@ class Router:
         return plan.build(head.headers, defaults, lambda: d.vars, d._scan.connection)
 
 
+def _auto_redirects(locations: list[Location]) -> tuple[dict[str, Location], set[str]]:
+    """``(URI -> location, names)`` for nginx's auto_redirect: a prefix or exact location
+    whose name ends in ``/`` and that proxies (ngx_http_proxy_pass sets ``auto_redirect``)
+    redirects its name minus the slash, unless a location is named exactly that."""
+    static = [loc for loc in locations if loc.modifier in ("", "^~", "=")]
+    names = {loc.pattern for loc in static}
+    found = {
+        loc.pattern[:-1]: loc
+        for loc in reversed(static)
+        if loc.proxy_pass and loc.pattern.endswith("/") and loc.pattern[:-1] not in names
+    }
+    return found, names
+
+
+#: nginx's defaults that only clear a client's field (ngx_http_proxy_headers).
+_NGINX_CLEARED = (("Transfer-Encoding", ""), ("TE", ""), ("Keep-Alive", ""), ("Expect", ""),
+                  ("Upgrade", ""))  # fmt: skip
 #: The names of the defaults ``_upstream_headers`` passes, per semantics, in order.
-_NGINX_DEFAULTS = ("Host", "Connection")
+_NGINX_DEFAULTS = ("Host", "Connection", "Content-Length", *(n for n, _ in _NGINX_CLEARED))
 _LBKIT_DEFAULTS = (
     "Host",
     "X-Forwarded-For",
