@@ -59,6 +59,7 @@ from typing import Any
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from . import accesslog
+from .admin import start_admin
 from .model import Limits
 from .router import RequestHead
 from .tls import count_handshakes, sni_of
@@ -1253,106 +1254,6 @@ class Proxy:
             "upstream_pool": self.pool.stats(),
             "router": router_stats,
         }
-
-
-# ------------------------------------------------------------------ admin API
-
-
-def _numeric_leaves(doc: Any, prefix: str = "") -> list[tuple[str, float]]:
-    """``{"a": {"b": 1}}`` -> ``[("a.b", 1)]``: the numbers in router.stats(), for Prometheus."""
-    out: list[tuple[str, float]] = []
-    if isinstance(doc, dict):
-        for key, value in doc.items():
-            out += _numeric_leaves(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(doc, int | float):  # bool included
-        out.append((prefix, float(doc)))
-    return out
-
-
-class _Collector:
-    """The proxy's counters as Prometheus metric families (read at scrape time)."""
-
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
-
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        c = self.proxy.counters
-        responses = CounterMetricFamily(
-            "lbkit_l7_responses", "Responses sent to clients, by status", labels=["status"]
-        )
-        for status, n in sorted(c.status.items()):
-            responses.add_metric([str(status)], n)
-        failures = CounterMetricFamily(
-            "lbkit_l7_upstream_failures", "Failed upstream attempts, by outcome", labels=["outcome"]
-        )
-        for outcome, n in sorted(c.failures.items()):
-            failures.add_metric([outcome], n)
-        yield responses
-        yield failures
-        for name, doc, value in (
-            ("lbkit_l7_requests", "Requests received", c.requests),
-            ("lbkit_l7_retries", "Attempts after the first", c.retries),
-            ("lbkit_l7_bytes_sent", "Bytes sent to clients", c.bytes_out),
-            ("lbkit_l7_client_connections", "Client connections accepted", c.connections),
-            ("lbkit_l7_client_aborts", "Requests whose client left first", c.client_aborts),
-            ("lbkit_l7_tls_handshakes", "TLS handshakes completed", c.tls_handshakes),
-            ("lbkit_l7_tls_handshake_failures", "TLS handshakes refused", c.tls_handshake_failures),
-            ("lbkit_l7_upstream_connects", "Upstream connections opened", self.proxy.pool.connects),
-            ("lbkit_l7_upstream_reuses", "Requests on a pooled connection", self.proxy.pool.reuses),
-        ):
-            family = CounterMetricFamily(name, doc)
-            family.add_metric([], value)
-            yield family
-        open_conns = GaugeMetricFamily("lbkit_l7_open_connections", "Client connections open")
-        open_conns.add_metric([], len(self.proxy.conns))
-        yield open_conns
-        try:
-            leaves = _numeric_leaves(self.proxy.router.stats())
-        except Exception:
-            leaves = []
-        router = GaugeMetricFamily(
-            "lbkit_l7_router_stat", "Numbers from router.stats()", labels=["name"]
-        )
-        for name, value in leaves:
-            router.add_metric([name], value)
-        yield router
-
-
-async def start_admin(proxy: Proxy, address: tuple[str, int]) -> asyncio.AbstractServer:
-    """The admin HTTP API on ``address``: GET /stats (JSON) and GET /metrics (Prometheus)."""
-    import json
-
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    from lbkit.lab.roles.http_server import HttpServerProtocol, Request, plain_answer
-
-    registry = CollectorRegistry()
-    registry.register(_Collector(proxy))
-
-    def answer(req: Request) -> tuple:
-        path = req.target.split("?", 1)[0]
-        if req.method in ("GET", "HEAD") and path == "/stats":
-            body = (json.dumps(proxy.stats(), indent=1) + "\n").encode()
-            ctype = "application/json"
-        elif req.method in ("GET", "HEAD") and path == "/metrics":
-            body = generate_latest(registry)
-            ctype = "text/plain; version=0.0.4; charset=utf-8"
-        elif req.method in ("GET", "HEAD") and path == "/":
-            return plain_answer(200, "lbkit L7 admin: GET /stats, GET /metrics\n")
-        else:
-            return plain_answer(404, f"no such admin endpoint: {req.method} {path}\n")
-        headers = [("Content-Type", ctype), ("Content-Length", str(len(body)))]
-        return 200, headers, body, 0.0, "answer"
-
-    host, port = address
-    try:
-        return await proxy.loop.create_server(
-            lambda: HttpServerProtocol(answer), host, port, reuse_address=True
-        )
-    except OSError as e:
-        raise OSError(e.errno, f"admin API: cannot listen on {host}:{port}: {e.strerror}") from e
 
 
 async def serve_proxy(
