@@ -44,12 +44,16 @@ class HeaderPlan:
         set_headers: Sequence[tuple[str, str]],
         *,
         nginx: bool = False,
+        cleared: Sequence[str] = (),
     ):
+        """``cleared``: defaults whose value is always ``""`` (they only remove the client's
+        field, as nginx's ``TE ""``): owned unless configured, never sent, no value needed."""
         configured = {n.lower() for n, _ in set_headers}
         self.nginx = nginx
         self.kept = tuple(i for i, n in enumerate(default_names) if n.lower() not in configured)
         self.sets = tuple((n, v, "$" in v) for n, v in set_headers)
         owned = {default_names[i].lower() for i in self.kept} | configured
+        owned |= {n.lower() for n in cleared}
         self.hop_by_hop = not nginx
         self.drop = frozenset(owned) if nginx else NOT_FORWARDED | owned
         # Defaults put Host first; only a configured Host can land elsewhere.

@@ -763,7 +763,9 @@ class Router:
         if plan is None:
             nginx = self.nginx_semantics
             names = _NGINX_DEFAULTS if nginx else _LBKIT_DEFAULTS
-            plan = self._plans[id(loc)] = HeaderPlan(names, loc.set_headers, nginx=nginx)
+            cleared = _NGINX_CLEARED if nginx else ()
+            plan = HeaderPlan(names, loc.set_headers, nginx=nginx, cleared=cleared)
+            self._plans[id(loc)] = plan
         return plan
 
     def _upstream_headers(self, d: Decision) -> Headers:
@@ -777,7 +779,6 @@ class Router:
                 ("Host", proxy_host),
                 ("Connection", "close"),
                 ("Content-Length", body_length),
-                *_NGINX_CLEARED,
             ]
         else:
             host = str(d.host) if d.host else proxy_host
@@ -809,11 +810,10 @@ def _auto_redirects(locations: list[Location]) -> tuple[dict[str, Location], set
     return found, names
 
 
-#: nginx's defaults that only clear a client's field (ngx_http_proxy_headers).
-_NGINX_CLEARED = (("Transfer-Encoding", ""), ("TE", ""), ("Keep-Alive", ""), ("Expect", ""),
-                  ("Upgrade", ""))  # fmt: skip
+#: nginx's defaults that only clear a client's field (ngx_http_proxy_headers: "" values).
+_NGINX_CLEARED = ("Transfer-Encoding", "TE", "Keep-Alive", "Expect", "Upgrade")
 #: The names of the defaults ``_upstream_headers`` passes, per semantics, in order.
-_NGINX_DEFAULTS = ("Host", "Connection", "Content-Length", *(n for n, _ in _NGINX_CLEARED))
+_NGINX_DEFAULTS = ("Host", "Connection", "Content-Length")
 _LBKIT_DEFAULTS = (
     "Host",
     "X-Forwarded-For",
