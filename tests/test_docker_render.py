@@ -215,6 +215,28 @@ def test_header_says_generated_and_how_to_run():
     assert "exec client curl -s http://198.51.100.10/" in head
 
 
+def test_header_shows_https_with_the_lab_ca_in_the_state_volume():
+    """The layered lab's header curls alb1 over HTTPS trusting /lab/state/tls/ca.pem (the
+    CA the l7 containers make in the shared volume); the basic lab, with no TLS, does not."""
+    head = render("layered").split("\nservices:")[0]
+    assert (
+        "exec client curl -s --cacert /lab/state/tls/ca.pem "
+        "--resolve app.example.com:443:10.0.1.3 https://app.example.com/"
+    ) in head
+    assert "https" not in render("basic").split("\nservices:")[0]
+
+
+def test_hosts_table_lists_https_for_the_albs():
+    """alb1's services: http on 80, https on 443, the admin API on its 127.0.0.1."""
+    rows = compose_hosts_table(load_topology(ROOT / "labs/layered.toml"))
+    alb1 = next(r for r in rows if r["host"] == "alb1")
+    assert alb1["services"] == [
+        "http 10.0.1.3:80/tcp",
+        "https 10.0.1.3:443/tcp",
+        "admin 127.0.0.1:9101/tcp",
+    ]
+
+
 def test_hosts_table_lists_native_service_addresses():
     """compose_hosts_table gives each host's role, addresses and services at native ports."""
     rows = compose_hosts_table(load_topology(ROOT / "labs/layered.toml"))

@@ -408,3 +408,21 @@ def test_no_backend_status_is_nginx_502_or_lbkit_503():
     assert routed(head("/api/x")).no_backend_status == 502
     toml = Router(make_config(), nginx_semantics=False)
     assert routed(head("/api/x"), toml).no_backend_status == 503
+
+
+def test_router_on_other_ports_picks_tls_blocks_for_https():
+    """Run on ports the config does not name (the local provider's 8080/8443), a request
+    over TLS is routed by the config's TLS listens, plain HTTP by the plain ones."""
+    plain = ServerBlock([Listen(80)], ["a.example"], [Location("/", proxy_pass="http://web")])
+    tls = ServerBlock(
+        [Listen(443, ssl=True)], ["a.example"], [Location("/", proxy_pass="http://api")]
+    )
+    config = make_config()
+    config.servers = [plain, tls]
+    router = Router(config)
+    h = head(host="a.example")
+    h.server = ("127.0.1.4", 8080)
+    assert routed(h, router).upstream == "web"
+    h = head(host="a.example", scheme="https", sni="a.example")
+    h.server = ("127.0.1.4", 8443)
+    assert routed(h, router).upstream == "api"

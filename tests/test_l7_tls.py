@@ -174,6 +174,63 @@ def test_a_ca_file_without_its_key_is_a_one_line_error(tmp_path: Path) -> None:
     assert ca.ca_path.exists()
 
 
+CA_RACE = """
+import sys, time
+from pathlib import Path
+from lbkit.lab.ca import LabCA
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.001)
+print(LabCA.load_or_create(sys.argv[1]).cert.serial_number)
+"""
+
+
+def test_processes_making_the_ca_at_once_end_with_one_ca(tmp_path: Path) -> None:
+    """Four processes call load_or_create on one empty folder at the same moment (as alb1
+    and alb2 do in docker): every one gets the CA that is on disk, so there is one."""
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CA_RACE, str(tmp_path / "tls"), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for _ in range(4)
+    ]
+    go.touch()
+    serials = set()
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        serials.add(int(out))
+    on_disk = x509.load_pem_x509_certificate((tmp_path / "tls" / "ca.pem").read_bytes())
+    assert serials == {on_disk.serial_number}
+
+
+def test_threads_making_the_ca_and_issuing_at_once_share_one_ca(tmp_path: Path) -> None:
+    """Eight threads make the CA and issue the same names at once: one CA, one certificate,
+    and each thread's certificate verifies against the CA on disk."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    barrier = threading.Barrier(8)
+
+    def make() -> tuple[int, bytes]:
+        barrier.wait()
+        ca = LabCA.load_or_create(tmp_path / "tls")
+        cert, _ = ca.issue(["app.example.com"])
+        return ca.cert.serial_number, cert.read_bytes()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: make(), range(8)))
+    assert len({serial for serial, _ in results}) == 1
+    assert len({pem for _, pem in results}) == 1
+    ca = x509.load_pem_x509_certificate((tmp_path / "tls" / "ca.pem").read_bytes())
+    x509.load_pem_x509_certificate(results[0][1]).verify_directly_issued_by(ca)
+
+
 def test_an_issued_certificate_is_reused_for_the_same_names_only(tmp_path: Path) -> None:
     """Issuing the same names again returns the same files; other names, a new certificate."""
     ca = LabCA.load_or_create(tmp_path)
@@ -437,6 +494,51 @@ def test_check_with_tls_dir_issues_lab_certificates(tmp_path: Path) -> None:
     out = lbkit_l7("--config", str(conf), "--check", "--tls-dir", str(tmp_path / "tls"))
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "tls" / "app.test.pem").is_file()
+
+
+def test_several_servers_without_a_ca_folder_are_one_line(tmp_path: Path) -> None:
+    """Two servers with ssl_certificate = "lab" and no CA folder: one [emerg] line (the
+    first server's, counting the other), exit 1."""
+    conf = tmp_path / "router.toml"
+    conf.write_text(
+        "".join(
+            f"[[server]]\nlisten = [{{ port = {TLS_PORT}, ssl = true }}]\n"
+            f'server_name = ["{name}"]\nssl_certificate = "lab"\n'
+            '[[server.route]]\npath = "/"\nreturn = { status = 204 }\n'
+            for name in ("a.test", "b.test")
+        )
+    )
+    out = lbkit_l7("--config", str(conf), "--check")
+    assert out.returncode == 1
+    emerg = [ln for ln in out.stderr.splitlines() if "[emerg]" in ln]
+    assert emerg == [
+        f'lbkit l7: [emerg] {conf}: server[0].ssl_certificate: ssl_certificate = "lab" needs '
+        "the lab CA's folder (tls_ca_dir, or lbkit l7 --tls-dir) (and 1 more server block "
+        "like it)"
+    ]
+
+
+def test_the_layered_labs_router_file_checks_by_hand_with_a_tls_dir(tmp_path: Path) -> None:
+    """labs/l7/router.toml as its header says: --check without --tls-dir is one line naming
+    --tls-dir; with it, the default server's and app.example.com's certificates are issued
+    for exactly their server_names."""
+    conf = str(ROOT / "labs/l7/router.toml")
+    out = lbkit_l7("--config", conf, "--check")
+    emerg = [ln for ln in out.stderr.splitlines() if "[emerg]" in ln]
+    assert out.returncode == 1 and len(emerg) == 1 and "--tls-dir" in emerg[0]
+    out = lbkit_l7("--config", conf, "--check", "--tls-dir", str(tmp_path / "tls"))
+    assert out.returncode == 0, out.stderr
+    names = {}
+    for stem in ("lb.example.com", "app.example.com"):
+        cert = x509.load_pem_x509_certificate((tmp_path / "tls" / f"{stem}.pem").read_bytes())
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names[stem] = [str(v) for v in alt.get_values_for_type(x509.DNSName)] + [
+            str(v) for v in alt.get_values_for_type(x509.IPAddress)
+        ]
+    assert names == {
+        "lb.example.com": ["lb.example.com", "api.example.com", "10.0.1.3", "10.0.1.4"],
+        "app.example.com": ["app.example.com"],
+    }
 
 
 # ------------------------------------------------------------------ TOML and config errors

@@ -529,10 +529,18 @@ class Router:
         self.pools: dict[str, Pool] = {}
         for name, up in config.upstreams.items():
             self.pools[name] = Pool(up, seed=seed, quick_recovery=not nginx_semantics)
-        self._ports = list(dict.fromkeys(ln.port for s in config.servers for ln in s.listens))
+        listens = [ln for s in config.servers for ln in s.listens]
+        #: The config's ports, TLS ones first for https (a router run on other ports, e.g.
+        #: the local provider's 8080/8443, picks its server blocks by these).
+        self._ports = {
+            "http": list(dict.fromkeys(ln.port for ln in sorted(listens, key=lambda ln: ln.ssl))),
+            "https": list(
+                dict.fromkeys(ln.port for ln in sorted(listens, key=lambda ln: not ln.ssl))
+            ),
+        }
         #: (host, port) -> server block: pure for one config (a reload builds a new Router).
         #: Hosts come from clients, so the cache is bounded and simply cleared when full.
-        self._servers: dict[tuple[str | None, int], ServerBlock | None] = {}
+        self._servers: dict[tuple[str | None, int, str], ServerBlock | None] = {}
         #: id(server) -> {uri: location}, for servers without conditional locations (pure).
         self._locations: dict[int, dict[str, Location | None]] = {
             id(s): {} for s in config.servers if not any(loc.matches for loc in s.locations)
@@ -597,21 +605,21 @@ class Router:
         self.counters["routed"] += 1
         return decision
 
-    def _server(self, host: str | None, port: int) -> ServerBlock | None:
+    def _server(self, host: str | None, port: int, scheme: str = "http") -> ServerBlock | None:
         """select_server on the local port; a router run on another port uses the config's."""
-        key = (host, port)
+        key = (host, port, scheme)
         try:
             return self._servers[key]
         except KeyError:
             pass
         if len(self._servers) >= SERVER_CACHE_SIZE:
             self._servers.clear()
-        found = self._servers[key] = self._select(host, port)
+        found = self._servers[key] = self._select(host, port, scheme)
         return found
 
-    def _select(self, host: str | None, port: int) -> ServerBlock | None:
+    def _select(self, host: str | None, port: int, scheme: str = "http") -> ServerBlock | None:
         found = select_server(self.config.servers, host, port)
-        for p in self._ports:
+        for p in self._ports.get(scheme, self._ports["http"]):
             if found is not None:
                 break
             found = select_server(self.config.servers, host, p)
@@ -683,10 +691,10 @@ class Router:
         host = self._host(scan.hosts, head.scheme, target, version)
         port = head.server[1]
         sni = head.sni.lower().rstrip(".") if head.scheme == "https" and head.sni else None
-        server = self._server(host.host if host else sni, port)
+        server = self._server(host.host if host else sni, port, head.scheme)
         if server is None:
             raise _Refuse(404, "no server block for this request")
-        if sni and host and self._server(sni, port) is not server:
+        if sni and host and self._server(sni, port, head.scheme) is not server:
             raise _Refuse(421, f"Host {host.host!r} is not served under TLS name {sni!r}")
         cookies = parse_cookies(head.headers) if scan.cookie else {}
         redirects = self._redirects.get(id(server))

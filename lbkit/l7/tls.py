@@ -31,6 +31,8 @@ built here, and where each rule comes from:
 Every problem is one line naming the file and where the config set it, raised
 as :class:`TLSConfigError` (a LabError) while building: nginx -t loads the
 certificates too, so ``lbkit l7 --check`` calls :func:`server_contexts`.
+Servers that ask the lab CA while no CA folder is given are one problem, so
+one line (the first server's, with how many more).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ __all__ = [
 
 ALPN = ["http/1.1"]
 _NO_CERT = 'no "ssl_certificate" is defined for the "listen ... ssl" directive'
+_NEEDS_CA = 'ssl_certificate = "lab" needs the lab CA\'s folder (tls_ca_dir, or lbkit l7 --tls-dir)'
 _WILDCARD_ADDRESSES = frozenset({"0.0.0.0", "::", "*", ""})
 
 
@@ -207,8 +210,7 @@ class _Certificates:
         origin = block.ssl_origin or block.origin
         if block.ssl_lab_ca or (block.ssl_certificate is None and self.ca_dir is not None):
             if self.ca_dir is None:
-                message = f'{origin}: ssl_certificate = "lab" needs the lab CA\'s folder'
-                raise TLSConfigError([f"{message} (tls_ca_dir, or lbkit l7 --tls-dir)"])
+                raise TLSConfigError([f"{origin}: {_NEEDS_CA}"])
             try:
                 if self.ca is None:
                     from lbkit.lab.ca import LabCA
@@ -274,5 +276,16 @@ def server_contexts(
         listening.sni_callback = _SNI(blocks, address[1], contexts, contexts[id(default)])
         out[address] = listening
     if errors:
-        raise TLSConfigError(list(dict.fromkeys(errors)))
+        raise TLSConfigError(_one_line_for_the_ca_folder(list(dict.fromkeys(errors))))
     return out
+
+
+def _one_line_for_the_ca_folder(errors: list[str]) -> list[str]:
+    """Every server asking the lab CA with no folder given is one mistake: one line (the
+    first server's), saying how many more there are."""
+    missing = [e for e in errors if e.endswith(_NEEDS_CA)]
+    if len(missing) < 2:
+        return errors
+    more = len(missing) - 1
+    first = f"{missing[0]} (and {more} more server block{'s' if more > 1 else ''} like it)"
+    return [first if e == missing[0] else e for e in errors if e == missing[0] or e not in missing]

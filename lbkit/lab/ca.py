@@ -24,8 +24,12 @@ that curl, Python's ``ssl`` and browsers accept it once the CA is trusted):
   macOS 10.15", HT210176).
 
 Every file is written whole or not at all (a temporary file in the same folder,
-then ``os.replace``); keys are mode 0600. A lock file serialises the processes
-(the workers of ``lbkit l7``) that may create or issue at the same moment.
+then ``os.replace``); keys are mode 0600. A lock file (``DIR/.lock``, POSIX
+``flock``) serialises whoever may create or issue at the same moment: the
+workers of ``lbkit l7``, a lab's l7 hosts sharing ``STATE/tls`` (docker
+containers on one volume), threads (each holds its own open file, and flock
+locks belong to open files). Under the lock, the CA is loaded if there and made
+if not, so every caller ends with the one CA on disk.
 These are lab keys, never real ones: the CA signs whatever it is asked to.
 """
 

@@ -221,6 +221,9 @@ def _up(args: argparse.Namespace) -> int:
         if lab.provider == "netns":
             route = f"{me()} lab exec {client} -- {route}"
         hints.append((f"curl the L7 router {routers[0]}", route))
+        https = _https_hint(lab)
+        if https is not None:
+            hints.append(https)
         stats = f"curl -s {lab.url(routers[0], '/stats', 'admin')}"
         if lab.provider == "netns":
             stats = f"{me()} lab exec {routers[0]} -- {stats}"
@@ -244,6 +247,33 @@ def _up(args: argparse.Namespace) -> int:
 
             out.print(f"[dim]{NOTICE}[/]")
     return 0
+
+
+def _shown(path: Path) -> str:
+    """``path`` as the user may type it here: relative when under the current folder."""
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("..") else str(path)
+
+
+def _https_hint(lab) -> tuple[str, str] | None:
+    """``(label, command)``: curl the first L7 router that terminates TLS, by one of its
+    names, trusting the lab CA (``lab.ca_path``); from the client under netns."""
+    from .roles.l7 import https_name
+
+    for host in lab.topology.by_role("l7"):
+        name = https_name(lab.topology, host)
+        if name is None:
+            continue
+        ip, port = lab.endpoint(host.name, "https")
+        where = name if port == 443 else f"{name}:{port}"
+        curl = (
+            f"curl -s --cacert {_shown(lab.ca_path)} --resolve {name}:{port}:{ip} https://{where}/"
+        )
+        if lab.provider == "netns":
+            client = (lab.topology.by_role("client") or lab.hosts())[0].name
+            curl = f"{me()} lab exec {client} -- {curl}"
+        return f"curl {host.name} over HTTPS (lab CA)", curl
+    return None
 
 
 def _course_up(state_dir: Path) -> str:
@@ -283,11 +313,15 @@ def _down(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from .lab import Lab
 
-    status = Lab.attach(args.state_dir).status()
+    lab = Lab.attach(args.state_dir)
+    status = lab.status()
     if args.json:
         print(json.dumps(status, indent=2))
     else:
         Console(soft_wrap=True).print(_hosts_table(status))
+        https = _https_hint(lab) if status["up"] else None
+        if https is not None:
+            print(f"\n{https[0]}  {https[1]}")  # plain: a command must never wrap
     return 0 if status["up"] else 1
 
 

@@ -32,3 +32,8 @@ def host_command(
 def control_socket(state_dir: str, host: str) -> str:
     """Path of ``host``'s control socket (UNIX stream socket) under the lab's state."""
     return f"{state_dir}/hosts/{host}.sock"
+
+
+def tls_dir(state_dir: str) -> str:
+    """The lab CA's folder under the lab's state (``ca.pem``, the hosts' certificates)."""
+    return f"{state_dir}/tls"

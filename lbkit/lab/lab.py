@@ -9,6 +9,10 @@ The same API serves the CLI, the notebooks and the tests::
 process the lab made (found through the intent log in ``STATE/lab.json``
 and the lab's namespace prefix), also after an ``up`` that was killed.
 A failed ``up`` takes down what it built before it raises.
+
+HTTPS: when an l7 host's router file terminates TLS, ``up`` makes one lab CA
+for the lab in ``STATE/tls`` (:attr:`Lab.ca_path`) and issues the routers'
+certificates there before any host starts; ``down`` removes it with the rest.
 """
 
 from __future__ import annotations
@@ -27,13 +31,20 @@ from pathlib import Path
 from lbkit._proc import alive, stop_group
 
 from .errors import LabError
-from .hostcmd import control_socket, host_command
+from .hostcmd import control_socket, host_command, tls_dir
 from .providers import local as local_provider
 from .providers import netns as netns_provider
-from .roles.l7 import check_l7_hosts
-from .services import default_service, endpoint, service_named, services_of
+from .roles.l7 import check_l7_hosts, issue_l7_certificates
+from .services import (
+    default_service,
+    endpoint,
+    router_terminates_tls,
+    scheme,
+    service_named,
+    services_of,
+)
 from .state import LabState, lab_prefix
-from .topology import Host, Topology, load_topology
+from .topology import Host, Topology, l7_router_option, load_topology
 
 PROVIDERS = ("auto", "netns", "local")
 READY_TIMEOUT = 20.0
@@ -84,6 +95,14 @@ class Lab:
         self.prefix = lab_prefix(self.state_dir)
         self.addressing = "native" if self.provider == "netns" else None
 
+    @property
+    def ca_path(self) -> Path:
+        """The lab CA's certificate, ``STATE/tls/ca.pem``: what a client trusts to reach
+        the L7 routers over HTTPS (``curl --cacert``, ``ssl.create_default_context(
+        cafile=...)``). One CA per lab, made by :meth:`up` when an l7 host terminates TLS
+        (alb1 and alb2 share it), removed by :meth:`down`; the file exists only then."""
+        return Path(tls_dir(str(self.state_dir))) / "ca.pem"  # lbkit.lab.ca.CA_CERT
+
     # ------------------------------------------------------------- lifecycle
     @classmethod
     def attach(cls, state_dir: str | Path = ".lab") -> Lab:
@@ -110,6 +129,16 @@ class Lab:
         else:
             cmds = [f"# {local_provider.NOTICE}"]
             prefix = lambda _p, _h: []  # noqa: E731
+        tls_files: dict[str, str] = {}  # router file -> its lbkit l7 option
+        for host in self.topology.by_role("l7"):
+            found = l7_router_option(host)
+            if found is not None and router_terminates_tls(host):
+                flag = "--config" if found[0] == "config" else "--nginx-conf"
+                tls_files[str(host.router_path)] = flag
+        cmds[:0] = [  # up does this first: the lab CA, and the routers' certificates from it
+            f"lbkit l7 {flag} {path} --tls-dir {self.ca_path.parent} --check"
+            for path, flag in tls_files.items()
+        ]
         for host in self.topology.hosts.values():
             argv = [*prefix(self.prefix, host.name), *self._host_argv(host.name, "lbkit")]
             cmds.append(" ".join(argv) + " &")
@@ -146,6 +175,9 @@ class Lab:
         )
         state.save(self.state_dir)
         try:
+            # one CA for the lab, and the routers' certificates, before any host starts
+            if issue_l7_certificates(self.topology, self.ca_path.parent):
+                say("lab CA and certificates ready")
             if self.provider == "netns":
                 say(f"building {len(self.topology.hosts)} namespaces")
                 _off_running_loop(lambda: self._build(state))
@@ -185,7 +217,8 @@ class Lab:
             found = True
             netns_provider.delete_namespace(ns)
         LabState.remove(self.state_dir)
-        for made in ("hosts", "captures"):  # logs, sockets, and captures kept inside the state
+        # logs, sockets, the lab CA and its certificates, captures kept inside the state
+        for made in ("hosts", "tls", "captures"):
             shutil.rmtree(self.state_dir / made, ignore_errors=True)
         if self.topology_path.parent == self.state_dir:  # a generated variant kept with the lab
             self.topology_path.unlink(missing_ok=True)
@@ -299,8 +332,15 @@ class Lab:
         return endpoint(self.topology, h, svc, self.addressing or "native")
 
     def url(self, host: str, path: str = "/", service: str | None = None) -> str:
+        """The URL of ``path`` on ``host``'s ``service`` (default as :meth:`endpoint`):
+        ``http://IP[:port]/path``, or ``https://...`` for the ``https`` service (an L7
+        router terminating TLS; trust :attr:`ca_path`). The port is left out when it is
+        the scheme's own (80, 443), so locally it shows (``:8080``, ``:8443``)."""
         ip, port = self.endpoint(host, service)
-        return f"http://{ip}{'' if port == 80 else f':{port}'}{path}"
+        h = self.topology.host(host)
+        proto = scheme(service or default_service(h))
+        default = 443 if proto == "https" else 80
+        return f"{proto}://{ip}{'' if port == default else f':{port}'}{path}"
 
     def exec(
         self, host: str, argv: Sequence[str], *, timeout: float = 30.0, check: bool = False
@@ -341,12 +381,13 @@ class Lab:
         local: the service already listens on loopback, so its own URL (pid 0).
         """
         ip, port = self.endpoint(host, service)
+        h = self.topology.host(host)
+        proto = scheme(service or default_service(h))
         if self.provider != "netns":
-            return f"http://{ip}:{port}/", 0
+            return f"{proto}://{ip}:{port}/", 0
         state = LabState.load(self.state_dir)
         if state is None or not state.complete:
             raise LabError("the lab is not up (start it with: lbkit lab up)")
-        h = self.topology.host(host)
         if service_named(h, service or default_service(h)).internal:
             via = netns_provider.ns_name(self.prefix, host)  # its 127.0.0.1, from inside it
         else:
@@ -367,7 +408,7 @@ class Lab:
             raise LabError(f"forward to {host}:{port} failed: {line or 'relay exited'}")
         state.forwards[f"{host}:{port}@{line.rsplit(':', 1)[1]}"] = proc.pid
         state.save(self.state_dir)
-        return f"http://{line.split()[1]}/", proc.pid
+        return f"{proto}://{line.split()[1]}/", proc.pid
 
     def capture(
         self,
@@ -430,6 +471,7 @@ class Lab:
             "provider": self.provider,
             "addressing": self.addressing,
             "state_dir": str(self.state_dir),
+            "ca_path": str(self.ca_path) if self.ca_path.exists() else None,
             "up": bool(state and state.complete),
             "hosts": rows,
         }

@@ -9,13 +9,22 @@ up by 8000 so no root is needed (80 -> 8080). Where only 127.0.0.1 exists
 
 A service marked ``internal`` (an L7 router's admin API) listens natively
 on the host's own 127.0.0.1 only: reached from inside that host.
+
+One thing is read from disk: whether an l7 host's router file terminates TLS
+(a ``listen ... ssl``), which gives it the ``https`` service on 443 (8443
+locally). The file is read once per version (path, size, mtime), with the
+router's own loader; a file that does not load counts as no TLS here (``lab
+up`` reports its mistake). Editing the file adds or drops the service at the
+next ``lab up``, not at a reload.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 
-from .topology import Host, Topology, l7_router_option
+from .topology import L7_KINDS, Host, Topology, l7_router_option
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,14 @@ L7_SERVICES = (
     Service("http", "tcp", 80, "L7 router: routes by path, host, header, cookie"),
     Service("admin", "tcp", 9101, "admin API /stats, /metrics (inside the host)", internal=True),
 )
+#: ... and when that file has a ``listen ... ssl``: HTTPS too, certificates from the lab CA.
+L7_TLS_SERVICES = (
+    L7_SERVICES[0],
+    Service("https", "tcp", 443, "L7 router over TLS (lab CA)"),
+    L7_SERVICES[1],
+)
+#: Service name -> URL scheme (``lab.url``); any other is ``http``.
+SCHEMES = {"https": "https"}
 
 ROLE_SERVICES: dict[str, tuple[Service, ...]] = {
     "client": (),
@@ -68,7 +85,7 @@ def services_of(host: Host) -> tuple[Service, ...]:
     """The host's services: its role's, an L4 box's VIP ports when it forwards, or an
     L7 router's when it has a router file."""
     if l7_router_option(host) is not None:
-        return L7_SERVICES
+        return L7_TLS_SERVICES if router_terminates_tls(host) else L7_SERVICES
     if host.role == "l4" and "vip" in host.options:
         vip = str(host.options["vip"])
         return tuple(
@@ -138,6 +155,35 @@ def default_service(host: Host) -> str:
     """What ``lab.url(host)`` means: ``http``, or an L4 box's first VIP port."""
     names = [s.name for s in services_of(host)]
     return "http" if "http" in names or not names else names[0]
+
+
+def router_terminates_tls(host: Host) -> bool:
+    """Whether ``host``'s router file has a TLS address (a ``listen ... ssl``); False for
+    a host without one, or whose file does not load (``lab up`` names that mistake)."""
+    found = l7_router_option(host)
+    if found is None or host.router_path is None:
+        return False
+    try:
+        st = os.stat(host.router_path)
+    except OSError:
+        return False
+    return _has_tls(host.router_path, L7_KINDS[found[0]], st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _has_tls(path: str, kind: str, _size: int, _mtime_ns: int) -> bool:
+    from lbkit.l7.cli import ConfigError, load_config
+    from lbkit.l7.tls import tls_addresses
+
+    try:
+        return bool(tls_addresses(load_config(path, kind)))
+    except ConfigError:
+        return False
+
+
+def scheme(service: str) -> str:
+    """The URL scheme of a service: ``https`` for ``https``, else ``http``."""
+    return SCHEMES.get(service, "http")
 
 
 def service_named(host: Host, name: str) -> Service:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ HOST_KEYS = {"role", "addresses", "gateway", "routes", "loopback", "options", "d
 TOP_KEYS = {"name", "description", "segments", "hosts"}
 #: An ``l7`` host's options: the router file it serves, in lbkit's TOML or nginx's syntax.
 L7_OPTIONS = ("config", "nginx_conf")
+#: Option key -> the router loader's kind (``lbkit.l7.cli.load_config``).
+L7_KINDS = {"config": "toml", "nginx_conf": "nginx"}
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ class Host:
     routes: tuple[str, ...] = ()
     #: Addresses held on ``lo`` with ARP suppressed (a DSR / tunnel backend's VIPs).
     loopback: tuple[str, ...] = ()
+    #: An l7 host's router file, its path resolved against the topology file's folder.
+    router_path: str | None = None
 
     @property
     def ip(self) -> str:
@@ -170,6 +174,9 @@ def parse_topology(data: dict[str, Any], source: str = "<memory>") -> Topology:
     owner: dict[ipaddress.IPv4Address, str] = {}
     for hname, hdata in hosts_data.items():
         host = _parse_host(hname, hdata, segments, fail)
+        found = l7_router_option(host)
+        if found is not None:
+            host = replace(host, router_path=str(Path(source).parent / found[1]))
         for itf in host.interfaces:
             if itf.address.ip in owner:
                 raise fail(

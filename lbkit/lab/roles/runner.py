@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..errors import LabError
-from ..hostcmd import control_socket
+from ..hostcmd import control_socket, tls_dir
 from ..hostsetup import prepare
 from ..services import bind_address, service_named
 from ..topology import Host, Topology, l7_router_option
@@ -107,7 +107,7 @@ def role_main(
     if host.role == "l7" and l7_router_option(host) is not None:
         from .l7 import serve_l7
 
-        return serve_l7(topology, host, addressing, control, on_ready)
+        return serve_l7(topology, host, addressing, control, on_ready, tls_dir=tls_dir(state_dir))
     if host.role in ("l4", "l7"):
         from .placeholder import serve_placeholder
 
@@ -117,10 +117,10 @@ def role_main(
 
 async def _serve_l4_proxy(topology, host, cfg, addressing, control, on_ready) -> None:
     """No raw packets here (local provider): the L4 tier as a TCP/UDP proxy, said clearly."""
-    from lbkit.l4.proxy import NOTICE, L4Proxy, serve_proxies
+    from lbkit.l4.proxy import NOTICE, L4Proxy, proxy_health, serve_proxies
 
     from ..control import control_server
-    from ..services import endpoint, services_of
+    from ..services import endpoint, endpoint_map, services_of
 
     sys.stdout.write(f"notice: {NOTICE}\n")
     sys.stdout.flush()
@@ -137,8 +137,15 @@ async def _serve_l4_proxy(topology, host, cfg, addressing, control, on_ready) ->
         pool = [target(b.name, b.port, spec.proto) for b in spec.backends]
         proxy = L4Proxy(cfg.vip, spec.port, spec.proto, pool, cfg.algorithm)
         proxies.append((proxy, bind_address(addressing, topology, host, svc)))
+    try:
+        where = endpoint_map(topology, addressing)
+        health = proxy_health(cfg, [p for p, _ in proxies], where)
+    except LabError as e:
+        raise LabError(f"{topology.source}: hosts.{host.name}.options.{e}") from None
 
     async def on_control(request: Any) -> dict[str, Any]:
+        if isinstance(request, dict) and request.get("op") == "health":
+            return {"ok": True, **health.report()}
         counters: dict[str, int] = {}
         for proxy, _ in proxies:
             for key, value in proxy.counters.items():
@@ -150,9 +157,11 @@ async def _serve_l4_proxy(topology, host, cfg, addressing, control, on_ready) ->
             "mode": "proxy",
             "notice": NOTICE,
             "counters": counters,
+            "no_backend_drops": counters.get("drop:no-backend", 0),
+            "health": health.report(),
         }
 
-    async with control_server(control, on_control):
+    async with control_server(control, on_control), health.running():
         await serve_proxies(proxies, on_ready)
 
 
