@@ -208,16 +208,8 @@ def plot_sim_result(result: SimResult, path: str | None = None) -> Figure:
         left.set_xticks([])
         left.set_xlabel(f"{len(names)} backends")
     if _heterogeneous(result) and len(names) <= 16:
-        for bar, b in zip(bars, result.backends, strict=True):
-            left.annotate(
-                f"w={b.weight}\n×{b.speed:g}",
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                xytext=(0, 2),
-                textcoords="offset points",
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
+        labels = [f"w={b.weight}\n×{b.speed:g}" for b in result.backends]
+        left.bar_label(bars, labels=labels, padding=2, fontsize=8)
         left.margins(y=0.18)
     _latency_panel(right, result)
     fig.suptitle(_title(result), fontsize=12)
@@ -507,15 +499,8 @@ def plot_remap(
     }
     bars = _grouped(ax, algos, series, ["#457b9d", "#e63946"])
     for group in bars:
-        for bar in group:
-            ax.annotate(
-                f"{100 * bar.get_height():.0f}%",
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                xytext=(0, 2),
-                textcoords="offset points",
-                ha="center",
-                fontsize=8,
-            )
+        labels = [f"{100 * b.get_height():.0f}%" for b in group]
+        ax.bar_label(group, labels=labels, padding=2, fontsize=8)
     ax.axhline(
         1 / n_backends,
         color="black",
