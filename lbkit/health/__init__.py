@@ -6,6 +6,9 @@
 * :mod:`.passive`: nginx's ``max_fails``/``fail_timeout`` accounting.
 * :mod:`.slowstart`: Envoy's slow-start weight ramp for recovered backends.
 * :mod:`.probes`: TCP and HTTP(S) probes (asyncio) and the loop driving a checker.
+* :mod:`.sim`: the checker driven in simulated time in front of backends that
+  fail on a timeline; detection and recovery delays, their predicted
+  windows, client errors and probe load.
 """
 
 from .checker import (
@@ -31,6 +34,24 @@ from .probes import (
     tcp_check,
     tcp_probe,
 )
+from .sim import (
+    DelayWindow,
+    DetectionSample,
+    HealthSimResult,
+    Outage,
+    ProbeLoad,
+    SimBackend,
+    Traffic,
+    compare_checks,
+    detection_samples,
+    detection_table,
+    predict_detection,
+    predict_probe_load,
+    predict_recovery,
+    probe_load_samples,
+    scenario,
+    simulate_health,
+)
 from .slowstart import (
     NO_SLOW_START,
     SLOW_START_ALGORITHMS,
@@ -48,20 +69,36 @@ __all__ = [
     "NO_SLOW_START",
     "SLOW_START_ALGORITHMS",
     "BackendHealth",
+    "DelayWindow",
+    "DetectionSample",
     "HealthChecker",
     "HealthConfig",
+    "HealthSimResult",
+    "Outage",
     "OutlierConfig",
     "OutlierDetector",
     "PassiveHealth",
     "Probe",
+    "ProbeLoad",
     "ProbeResult",
     "Result",
+    "SimBackend",
     "SlowStart",
+    "Traffic",
     "Transition",
+    "compare_checks",
+    "detection_samples",
+    "detection_table",
     "http_check",
     "http_probe",
     "parse_expect",
+    "predict_detection",
+    "predict_probe_load",
+    "predict_recovery",
+    "probe_load_samples",
     "run_checks",
+    "scenario",
+    "simulate_health",
     "slow_start_factor",
     "slow_start_weight",
     "supports_slow_start",
