@@ -1,7 +1,8 @@
-"""Process-table helpers for tests that must leave nothing running."""
+"""Helpers for tests that must leave nothing running: processes, labs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -17,3 +18,16 @@ def processes_mentioning(text: str) -> list[int]:
             except OSError:
                 continue
     return [p for p in found if p != os.getpid()]
+
+
+@contextlib.contextmanager
+def lab_running(lab, state_dir: Path):
+    """``lab.up()`` for the block; then down, and no namespace or process of it may remain."""
+    from lbkit.lab.providers.netns import list_namespaces
+
+    try:
+        yield lab.up()
+    finally:
+        lab.down()
+    assert [ns for ns in list_namespaces() if ns.startswith(f"{lab.prefix}-")] == []
+    assert processes_mentioning(str(state_dir)) == []

@@ -141,3 +141,70 @@ def test_l4_lab_without_root_falls_back_to_a_proxy(tmp_path):
     first, mode = proc.stdout.strip().splitlines()
     assert first.startswith("['api1', 'api2', 'api3'] api")  # all three served; UDP answered
     assert first.endswith(": ping") and mode == "proxy"
+
+
+# ------------------------------------------------------------------ lab health
+
+HEALTH_DOC = {
+    "nlb": {"role": "l4", "checks": None, "backends": {}, "events": [], "note": "unknown op"},
+    "lb": {
+        "role": "l4",
+        "checks": "tcp connect every 2 s",
+        "backends": {
+            "api1": {"state": "up", "since": 1000.0, "last": None, "health": "up",
+                     "admin": "ready", "services": ["80/tcp"], "result": "TCP connect ok"},
+        },
+        "events": [],
+    },
+    "alb1": {
+        "role": "l7",
+        "checks": {"api": "http GET /healthz (200-399) every 0.2 s, timeout 0.2 s"},
+        "backends": {
+            "api2": {"state": "down", "since": 1090.0, "pool": "api", "backend": "api2",
+                     "health": "down", "admin": "up", "failed": False, "ejected": False,
+                     "last": "api2 DOWN after 3 failures: HTTP 500 on /healthz"},
+            "static1": {"state": "up", "since": 1000.0, "pool": "static", "backend": "static1",
+                        "health": None, "admin": "up", "last": None},
+        },
+        "events": [{"at": 1090.0, "pool": "api", "backend": "api2", "old": "up", "new": "down",
+                    "message": "api2 DOWN after 3 failures: HTTP 500 on /healthz"}],
+    },
+    "alb2": {"role": "l7", "error": "alb2.sock: no control socket (is the host running?)"},
+}  # fmt: skip
+
+
+def test_lab_health_tables_show_each_host_its_backends_and_transitions():
+    """The health table: a row per checked backend (why it is down, since when, the last
+    transition), 'no active checks' for hosts and pools without, unreachable hosts; then
+    the transitions."""
+    from rich.console import Console
+
+    from lbkit.lab.health_cli import events_table, health_table
+
+    console = Console(record=True, width=200)
+    console.print(health_table(HEALTH_DOC, now=1100.0))
+    console.print(events_table(HEALTH_DOC, 10))
+    text = console.export_text()
+    lines = [" ".join(line.replace("│", " ").split()) for line in text.splitlines()]
+    assert "nlb - - - - no active checks" in lines
+    assert "lb 80/tcp api1 up 1m40s ago TCP connect ok" in lines
+    assert (
+        "alb1 api api2 down (check) 10.0s ago api2 DOWN after 3 failures: HTTP 500 on /healthz"
+        in lines
+    )
+    assert "alb1 static - - - no active checks" in lines
+    assert any(line.startswith("alb2 - - unreachable") for line in lines)
+    assert "last transitions" in text and any(
+        line.endswith("alb1 api api2 DOWN after 3 failures: HTTP 500 on /healthz") for line in lines
+    )
+
+
+def test_lab_health_without_a_lab_is_a_clear_error(tmp_path):
+    """`lab health` with nothing up: exit 2, one line saying how to start one; --help says
+    what it shows."""
+    proc = lbkit("lab", "health", "--state-dir", str(tmp_path))
+    assert proc.returncode == 2 and "lbkit lab up" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    helped = lbkit("lab", "health", "--help")
+    assert helped.returncode == 0 and "no active checks" in helped.stdout
+    assert "health_check = {" in helped.stdout and "--json" in helped.stdout

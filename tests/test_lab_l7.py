@@ -26,12 +26,11 @@ from lbkit.l7.model import Listen, Location, RouterConfig, ServerBlock, Upstream
 from lbkit.l7.tomlconf import load_router_toml
 from lbkit.lab import Lab, LabError, TopologyError, load_topology, parse_topology
 from lbkit.lab.control import send_control
-from lbkit.lab.providers.netns import list_namespaces
 from lbkit.lab.roles.l7 import map_upstreams
 from lbkit.lab.services import endpoint, endpoint_map, service_named, services_of
 from lbkit.lab.state import LabState
 
-from ._procs import processes_mentioning
+from ._procs import lab_running, processes_mentioning
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERED = ROOT / "labs/layered.toml"
@@ -105,13 +104,8 @@ def peer_cert(lab: Lab, host: str, name: str) -> dict:
 def lab(request, tmp_path_factory):
     """The layered lab, up under the provider, always taken down; nothing may remain."""
     state_dir = tmp_path_factory.mktemp(f"l7{request.param}")
-    lab = Lab(LAYERED, provider=request.param, state_dir=state_dir)
-    try:
-        yield lab.up()
-    finally:
-        lab.down()
-    assert [ns for ns in list_namespaces() if ns.startswith(f"{lab.prefix}-")] == []
-    assert processes_mentioning(str(state_dir)) == []
+    with lab_running(Lab(LAYERED, provider=request.param, state_dir=state_dir), state_dir) as lab:
+        yield lab
     assert not state_dir.exists()  # the lab CA and its certificates went with the rest
 
 
@@ -290,6 +284,19 @@ def test_sighup_reloads_like_lbkit_l7(lab):
         assert time.monotonic() < deadline, "no reload after SIGHUP"
     assert lab_stats(lab, "alb1")["reloads"] == before + 1
     assert fetch(lab, "alb1", "/", "-A", "iPhone")[0]["x-backend"] == "mobile1"
+
+
+def test_health_op_answers_without_active_checks(lab):
+    """health: the L4 tier's format; router.toml has no health_check, so no checks, every
+    backend up with health None; Lab.health() lists the albs and the placeholder nlb."""
+    reply = send_control(lab.control_path("alb1"), {"op": "health"})
+    assert reply["ok"] and reply["host"] == "alb1" and reply["checks"] is None
+    api1 = reply["backends"]["api1"]
+    assert (api1["state"], api1["pool"], api1["health"]) == ("up", "api", None)
+    doc = lab.health()
+    assert set(doc) == {"nlb", "alb1", "alb2"}
+    assert doc["alb2"]["role"] == "l7" and doc["alb2"]["checks"] is None
+    assert doc["nlb"]["checks"] is None and "unknown op" in doc["nlb"]["note"]
 
 
 def test_set_mode_is_refused(lab):

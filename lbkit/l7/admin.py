@@ -3,6 +3,13 @@
 It listens on its own address (``lbkit l7 --admin``, 127.0.0.1:9101 inside a lab
 host), never on the public listener, as the issue asks. Metrics are read from
 the proxy's counters at scrape time through a prometheus-client collector.
+
+Per backend (labels ``upstream``, ``backend``): ``lbkit_l7_backend_up`` (1 when it
+takes new requests, i.e. its combined state is ``up``; 0 when ``down`` or
+``drain``), ``lbkit_l7_backend_health`` (the active checks' verdict: 1 up or
+not yet checked, 0 down; pools with checks only) and the counter
+``lbkit_l7_health_transitions_total`` (label ``to``: up, down, ejected, failed,
+active). ``/stats`` carries the same under ``health`` (:meth:`Proxy.health_report`).
 """
 
 from __future__ import annotations
@@ -74,6 +81,38 @@ class _Collector:
         for name, value in leaves:
             router.add_metric([name], value)
         yield router
+        yield from backend_metrics(getattr(self.proxy.router, "pools", None) or {})
+
+
+def backend_metrics(pools: dict[str, Any]) -> list:
+    """The per-backend gauges and the transitions counter (see the module docstring)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    labels = ["upstream", "backend"]
+    up = GaugeMetricFamily(
+        "lbkit_l7_backend_up",
+        "1 when the backend takes new requests (state up), else 0",
+        labels=labels,
+    )
+    health = GaugeMetricFamily(
+        "lbkit_l7_backend_health",
+        "Active health checks' verdict: 1 up (or not yet checked), 0 down",
+        labels=labels,
+    )
+    transitions = CounterMetricFamily(
+        "lbkit_l7_health_transitions",
+        "Health transitions (checks, ejections, max_fails), by backend and new state",
+        labels=[*labels, "to"],
+    )
+    for name, pool in pools.items():
+        for b in pool.backends:
+            up.add_metric([name, b.name], 1 if pool.state(b.name) == "up" else 0)
+            if pool.checker is not None:
+                verdict = pool.checker.machines[b.name].state
+                health.add_metric([name, b.name], 0 if verdict == "down" else 1)
+        for (backend, to), n in sorted(pool.transitions.items()):
+            transitions.add_metric([name, backend, to], n)
+    return [up, health, transitions]
 
 
 async def start_admin(proxy: Proxy, address: tuple[str, int]) -> asyncio.AbstractServer:

@@ -11,6 +11,11 @@ A ``listen ... ssl`` address terminates TLS (:mod:`lbkit.l7.tls`): its
 certificates are loaded at start, by ``--check`` (as ``nginx -t`` does) and
 again on SIGHUP; certificates from the lab CA are issued into ``--tls-dir``
 (or the TOML's ``tls_ca_dir``) before the workers start.
+
+Pools with a ``health_check`` are probed from each worker
+(:mod:`lbkit.l7.healthrun`); each transition is a line on stderr
+(``lbkit l7: health: api2 DOWN after 3 failures: HTTP 500 on /healthz (pool
+api)``), and ``/stats`` shows every backend's state under ``health``.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ def add_l7_parser(sub: argparse._SubParsersAction) -> None:
             "  lbkit l7 --config router.toml --tls-dir .lab/tls   # https with lab certificates\n"
             "  curl --cacert .lab/tls/ca.pem https://app.example.com/\n"
             "signals: HUP reloads the configuration, TERM drains and exits.\n"
-            "admin API: curl 127.0.0.1:9200/stats, /metrics"
+            'admin API: curl 127.0.0.1:9200/stats, /metrics (health: under "health")\n'
+            "health checks: health_check = {...} in a TOML pool; transitions go to stderr"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -215,10 +221,12 @@ async def run_proxy(
     again on each SIGHUP (an exception keeps the running configuration and is
     reported on stderr).
     """
+    from .healthrun import print_event
     from .proxy import Proxy
 
     router, limits = make()
-    proxy = Proxy(router, limits, worker=worker)
+    events = print_event(sys.stderr, "lbkit l7: health: ")
+    proxy = Proxy(router, limits, worker=worker, health_events=events)
     await proxy.start(listen, admin, reuse_port=reuse_port, tls=tls() if tls else None)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

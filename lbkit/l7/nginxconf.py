@@ -22,6 +22,11 @@ lbkit's router runs. Rules and wording follow nginx 1.22:
   not know is nginx's error ``unknown directive "NAME"``. Process settings of
   a full nginx.conf (``worker_processes``, ``events {}``...) are nginx's own
   and skipped silently.
+* Health: nginx OSS has only passive checks (``max_fails``/``fail_timeout``,
+  run as nginx runs them). nginx Plus's active ``health_check`` (and its
+  ``match`` block) and ``server ... slow_start=`` are warnings naming the line
+  (``"health_check": nginx Plus only; ...``), not nginx OSS's errors: the file
+  is probably right for nginx Plus, and lbkit's TOML has both features.
 * ``proxy_pass http://NAME[/uri]`` keeps its URL in :attr:`Location.proxy_pass`;
   the pool is ``upstreams[AUTHORITY]``, where AUTHORITY is the URL's
   ``host[:port]`` as written: an ``upstream NAME`` block, or else an implicit
@@ -109,6 +114,18 @@ def _open_source_directives() -> frozenset[str]:
 
 #: Every directive of open-source nginx 1.22 (the ones ``nginx -t`` does not call unknown).
 NGINX_DIRECTIVES = _open_source_directives()
+
+#: nginx Plus's health features: nginx OSS (``nginx -t``) refuses them as unknown; lbkit
+#: warns and ignores them, naming its own TOML keys (lbkit.l7.tomlconf) that do the same.
+#: max_fails/fail_timeout (OSS passive health) keep working as in nginx.
+PLUS_ONLY = {
+    "health_check": (
+        "nginx Plus only; nginx OSS has no active health checks, ignored "
+        "(lbkit's TOML: health_check in the pool)"
+    ),
+    "match": "nginx Plus only (health_check's match block), ignored",
+    "slow_start": "nginx Plus only, ignored (lbkit's TOML: slow_start in the pool)",
+}
 
 #: nginx 1.22's variables by name (ngx_http_variables.c and the modules of a stock build).
 NGINX_VARIABLES = frozenset(
@@ -424,6 +441,9 @@ class _Reader:
         if ctx not in CONTEXTS:  # inside map/types/geo...: entries, not directives
             return False
         if name not in NGINX_DIRECTIVES:
+            if name in PLUS_ONLY:
+                self._warn(self._origin(stmt), f'"{name}": {PLUS_ONLY[name]}')
+                return False
             self._error(_PARSE, self._origin(stmt), f'unknown directive "{name}"')
             return False
         try:
@@ -634,6 +654,8 @@ class _Reader:
                 server.backup = True
             elif arg == "down":
                 server.down = True
+            elif eq and key == "slow_start":
+                self._warn(origin, f'"{arg}": {PLUS_ONLY["slow_start"]}')
             else:
                 self._error(_PARSE, origin, f'invalid parameter "{arg}"')
                 return

@@ -41,6 +41,11 @@ Rules and their sources:
 
 The admin API (``GET /stats`` JSON, ``GET /metrics`` Prometheus) listens on
 its own address, never on the public one.
+
+Active health checks of the router's pools run beside the traffic, on the
+same loop (:class:`lbkit.l7.healthrun.HealthRunner`, ``Proxy.health``): started
+by :meth:`Proxy.start`, restarted with the new router by :meth:`Proxy.set_router`
+(the state of backends that stay is carried over), stopped by :meth:`Proxy.close`.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from . import accesslog
 from .admin import start_admin
+from .healthrun import EventSink, HealthRunner
 from .model import Limits
 from .router import RequestHead
 from .tls import count_handshakes, sni_of
@@ -1060,7 +1066,8 @@ class Proxy:
     """The proxy: listeners, the shared upstream pool, counters, the time-out sweep.
 
     ``router`` may be replaced at any time (:meth:`set_router`, on SIGHUP):
-    exchanges already routed finish with the old decision.
+    exchanges already routed finish with the old decision. ``health_events``
+    hears each health transition of the router's pools, ``(pool, transition)``.
     """
 
     def __init__(
@@ -1071,6 +1078,7 @@ class Proxy:
         access_log: bool | None = None,
         max_idle: int = 32,
         worker: int | None = None,
+        health_events: EventSink | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.router = router
@@ -1094,6 +1102,7 @@ class Proxy:
         self._servers: list[asyncio.AbstractServer] = []
         self._admin: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task | None = None
+        self.health = HealthRunner(router, clock=self.loop.time, on_event=health_events)
 
     # ------------------------------------------------------------ life cycle
     async def start(
@@ -1146,6 +1155,7 @@ class Proxy:
             await self.close()
             raise
         self._sweeper = self.loop.create_task(self._sweep())
+        self.health.start()
 
     def set_tls(self, tls: Mapping[tuple[str, int], ssl.SSLContext]) -> None:
         """New certificates (a reload): new handshakes on each TLS address use ``tls``'s
@@ -1156,8 +1166,10 @@ class Proxy:
                 context.sni_callback = new.sni_callback
 
     def set_router(self, router: Any, limits: Limits | None = None) -> None:
-        """Use ``router`` for requests from now on (a reload)."""
+        """Use ``router`` for requests from now on (a reload); its pools' checks start, with
+        the state of the backends that stay."""
         self.router = router
+        self.health.replace(router)
         if limits is not None:
             self.limits = limits
             self.keepalive = limits.keepalive_timeout > 0
@@ -1203,10 +1215,11 @@ class Proxy:
         return clean
 
     async def close(self) -> None:
-        """Close listeners, connections and the pool."""
+        """Close listeners, connections and the pool; stop the health checks."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        await self.health.stop()
         servers = [*self._servers, *([self._admin] if self._admin else [])]
         self._servers, self._admin = [], None
         for server in servers:
@@ -1253,7 +1266,15 @@ class Proxy:
             "proxy": self.counters.as_dict(),
             "upstream_pool": self.pool.stats(),
             "router": router_stats,
+            "health": self.health_report(),
         }
+
+    def health_report(self) -> dict[str, Any]:
+        """The ``health`` control op's answer: each backend's state, the latest transitions."""
+        try:
+            return self.health.report()
+        except Exception as e:  # the admin page must not die with the report
+            return {"error": f"health report failed: {e}"}
 
 
 async def serve_proxy(

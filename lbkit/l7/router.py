@@ -427,7 +427,8 @@ class Decision:
     ) -> None:
         """An attempt ended: ``ok=False`` for error/timeout/invalid header; ``status`` if any.
 
-        Passive health counts it as failed per :func:`lbkit.l7.retry.counts_as_failure`.
+        Passive health counts it as failed per :func:`lbkit.l7.retry.counts_as_failure`;
+        outlier detection, when the pool has it, sees ``ok`` and ``status`` as they are.
         """
         assert self._pool is not None
         failure = (not ok) or (
@@ -435,7 +436,7 @@ class Decision:
             and status >= 400
             and counts_as_failure(ok, status, self.location.next_upstream)
         )
-        self._pool.on_finish(backend, now, failure=failure)
+        self._pool.on_finish(backend, now, failure, ok, status)
         if backend.name in self._retrying:
             self._retrying.remove(backend.name)
             self._pool.budget.finished()
@@ -575,11 +576,21 @@ class Router:
         )
         return pool
 
-    def set_backend_state(self, upstream: str, name: str, state: str) -> None:
-        """Operator or health check: ``up``, ``down`` or ``drain``. KeyError if unknown."""
+    def set_backend_state(
+        self, upstream: str, name: str, state: str, now: float | None = None
+    ) -> None:
+        """Operator: ``up``, ``down`` or ``drain`` (combined with the pool's checks, see
+        :mod:`lbkit.l7.pools`); with ``now`` the change is logged as an event. KeyError if
+        unknown."""
         if upstream not in self.pools:
             raise KeyError(f"no upstream {upstream!r}")
-        self.pools[upstream].set_admin_state(name, state)
+        self.pools[upstream].set_admin_state(name, state, now)
+
+    def tick(self, now: float) -> None:
+        """Let time pass in every pool that needs it (outlier returns, slow-start ramps)."""
+        for pool in self.pools.values():
+            if pool.needs_ticks:
+                pool.tick(now)
 
     def stats(self) -> dict[str, object]:
         """Counters and per-upstream backend state, JSON-able."""

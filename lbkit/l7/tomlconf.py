@@ -32,6 +32,13 @@ The shape (``labs/l7/router.toml`` is a full example)::
     hash_key = "$remote_addr"              # ring_hash / maglev key (nginx variables)
     servers = [{ address = "10.0.1.10:80", name = "api1", weight = 2 }]   # also backup,
                                            # down, max_fails, fail_timeout, max_conns
+    # active checks from the router to each server's own address (absent: none)
+    health_check = { type = "http", path = "/healthz", expect = "200-399", body = "ok",
+                     interval = 2.0, timeout = 1.0, rise = 2, fall = 3, jitter = 0.1 }
+    # or health_check = "tcp" / "http" / "http:/ready" with the defaults above
+    outlier = { consecutive_5xx = 5, base_ejection_time = 30.0 }   # Envoy; any OutlierConfig
+                                           # field; failure_percentage_threshold = false: off
+    slow_start = 10.0                      # seconds; weight-based algorithms only
 
 Routes of one server behave as nginx locations (exact, then longest prefix,
 then regexes in order); routes sharing a path are tried in file order and
@@ -55,6 +62,21 @@ needs a certificate, in one of three ways:
   default server without one is an error.
 
 ``tls_ca_dir`` is relative to this file's folder, like the certificates.
+
+Health (run by :mod:`lbkit.l7.healthrun`, combined by :class:`lbkit.l7.pools.Pool`):
+
+* ``health_check``: every server of the pool is probed at its own address
+  (never through the router). ``type`` defaults to ``http``; ``body`` only
+  with ``http``. Timing fields are :class:`lbkit.health.HealthConfig`'s.
+* ``outlier``: :class:`lbkit.health.OutlierConfig`'s fields, fed by the
+  pool's real requests (a 5xx or a connection error is a failure).
+* ``slow_start``: a backend that a check brings back ``UP`` regains its
+  weight over this many seconds (Envoy's ramp). Refused, as an error naming
+  the key, for ``ip_hash``, ``ring_hash`` and ``maglev``: a weight there
+  decides which keys a backend owns, so a ramp would move sticky flows on
+  every step (:data:`lbkit.health.NO_SLOW_START` gives the reason in the
+  message). nginx Plus refuses ``slow_start`` with ``hash`` and ``ip_hash``
+  too; a setting that would silently do nothing is a mistake worth stopping at.
 """
 
 from __future__ import annotations
@@ -68,10 +90,13 @@ from pathlib import Path
 from typing import Any
 
 from lbkit.algorithms import ALGORITHMS
+from lbkit.health import OutlierConfig, parse_expect, why_no_slow_start
 from lbkit.lab.errors import LabError
 
 from .model import (
+    CHECK_TYPES,
     HeaderMatch,
+    HealthCheck,
     Limits,
     Listen,
     Location,
@@ -93,7 +118,9 @@ ROUTE = {
     "path", "match", "headers", "pool", "proxy_pass", "return", "split", "sticky_cookie",
     "set_headers", "next_upstream", "next_upstream_tries",
 }  # fmt: skip
-POOL = {"algorithm", "hash_key", "servers"}
+POOL = {"algorithm", "hash_key", "servers", "health_check", "outlier", "slow_start"}
+HEALTH_CHECK = {f.name for f in fields(HealthCheck)} - {"origin"}
+OUTLIER = {f.name for f in fields(OutlierConfig)}
 BACKEND = {"address", "name", "weight", "backup", "down", "max_fails", "fail_timeout", "max_conns"}
 SPLIT = {"pool", "percent", "force_header", "sticky"}
 
@@ -334,7 +361,98 @@ def _pool(r: _Reader, name: str, value: Any) -> Upstream:
     hash_key = value.get("hash_key")
     if hash_key is not None:
         r.typed(hash_key, f"{key}.hash_key", str, "an nginx variable expression")
-    return Upstream(name, backends, algorithm, hash_key, origin=f"{r.source}: {key}")
+    up = Upstream(name, backends, algorithm, hash_key, origin=f"{r.source}: {key}")
+    if "health_check" in value:
+        up.health_check = _health_check(r, value["health_check"], f"{key}.health_check")
+    if "outlier" in value:
+        up.outlier = _outlier(r, value["outlier"], f"{key}.outlier")
+    if "slow_start" in value:
+        window = r.typed(value["slow_start"], f"{key}.slow_start", (int, float), "seconds")
+        if not window >= 0:
+            raise r.fail(f"{key}.slow_start", f"expected seconds >= 0, got {window!r}")
+        why = why_no_slow_start(algorithm)
+        if window and why is not None:
+            raise r.fail(f"{key}.slow_start", f"not with algorithm {algorithm!r}: {why}")
+        up.slow_start = float(window)
+    return up
+
+
+def _health_check(r: _Reader, value: Any, key: str) -> HealthCheck:
+    """``health_check``: a table of :class:`HealthCheck` fields, or ``"tcp"``, ``"http"``,
+    ``"http:/path"`` for the defaults."""
+    if isinstance(value, str):
+        kind, _, path = value.partition(":")
+        value = {"type": kind, **({"path": path} if path else {})}
+        if kind not in CHECK_TYPES:
+            raise r.fail(key, f"{kind!r} is not one of tcp, http (or a table)")
+    r.table(value, key, HEALTH_CHECK)
+    kind = value.get("type", "http")
+    if kind not in CHECK_TYPES:
+        raise r.fail(f"{key}.type", f"{kind!r} is not one of {', '.join(CHECK_TYPES)}")
+    options: dict[str, Any] = {"type": kind}
+    for name, kinds, what in (
+        ("path", str, "a path like /healthz"),
+        ("expect", (str, int), 'a status list like "200-399"'),
+        ("body", str, "text the answer must contain"),
+        ("interval", (int, float), "seconds"),
+        ("timeout", (int, float), "seconds"),
+        ("jitter", (int, float), "a fraction of the interval in [0, 1)"),
+        ("rise", int, "a count >= 1"),
+        ("fall", int, "a count >= 1"),
+    ):
+        if name in value:
+            options[name] = r.typed(value[name], f"{key}.{name}", kinds, what)
+    if kind == "tcp":
+        extra = next((k for k in ("path", "expect", "body") if k in value), None)
+        if extra is not None:
+            raise r.fail(f"{key}.{extra}", 'only for type = "http" (a tcp check sends nothing)')
+    path = options.get("path", "/healthz")
+    if not path.startswith("/") or any(c in path for c in " \r\n"):
+        raise r.fail(f"{key}.path", f"expected a path like /healthz, got {path!r}")
+    if "expect" in options:
+        options["expect"] = str(options["expect"])
+        try:
+            parse_expect(options["expect"])
+        except ValueError as e:
+            raise r.fail(f"{key}.expect", str(e)) from None
+    for name in ("interval", "timeout", "jitter"):
+        if name in options:
+            options[name] = float(options[name])
+    check = HealthCheck(**options, origin=f"{r.source}: {key}")
+    try:
+        check.config()
+    except ValueError as e:
+        message = str(e)
+        field_name = next((n for n in HEALTH_CHECK if message.startswith(n)), None)
+        raise r.fail(f"{key}.{field_name}" if field_name else key, message) from None
+    return check
+
+
+def _outlier(r: _Reader, value: Any, key: str) -> OutlierConfig:
+    """``outlier``: any :class:`lbkit.health.OutlierConfig` field; the percentage detector's
+    ``failure_percentage_threshold = false`` turns it off (TOML has no null)."""
+    r.table(value, key, OUTLIER)
+    options: dict[str, Any] = {}
+    for f in fields(OutlierConfig):
+        if f.name not in value:
+            continue
+        v, k = value[f.name], f"{key}.{f.name}"
+        if f.name == "always_eject_one":
+            options[f.name] = r.typed(v, k, bool, "true or false")
+        elif f.name == "failure_percentage_threshold" and v is False:
+            options[f.name] = None
+        elif f.name in ("consecutive_5xx", "failure_percentage_request_volume",
+                        "failure_percentage_minimum_hosts"):  # fmt: skip
+            options[f.name] = r.typed(v, k, int, "a count")
+        else:
+            options[f.name] = float(r.typed(v, k, (int, float), "a number"))
+    try:
+        return OutlierConfig(**options)
+    except ValueError as e:
+        message = str(e)
+        found = sorted((message.index(n), -len(n), n) for n in OUTLIER if n in message)
+        field_name = found[0][2] if found else None
+        raise r.fail(f"{key}.{field_name}" if field_name else key, message) from None
 
 
 def parse_router_toml(data: dict[str, Any], source: str = "<memory>.toml") -> RouterConfig:

@@ -47,6 +47,7 @@ def add_lab_parser(sub: argparse._SubParsersAction) -> None:
             "  lbkit lab up labs/basic.toml\n"
             "  lbkit lab exec client -- curl -s http://10.0.1.10/echo\n"
             "  lbkit lab backend api2 --mode error-500\n"
+            "  lbkit lab health\n"
             "  lbkit lab capture client,api1 --count 20\n"
             "  lbkit lab down"
         ),
@@ -110,6 +111,10 @@ def add_lab_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--slow-delay", type=float, help="seconds added by the slow mode")
     p.set_defaults(func=_backend)
+
+    from .health_cli import add_health_parser
+
+    add_health_parser(cmds, state)
 
     p = cmds.add_parser(
         "forward",

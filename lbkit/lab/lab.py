@@ -370,6 +370,41 @@ class Lab:
             raise LabError(f"{host}: {reply.get('error', 'refused')}")
         return reply
 
+    def health(self, timeout: float = 5.0) -> dict[str, dict]:
+        """Every l4/l7 host's health report, by host name (``lbkit lab health``).
+
+        Each host is asked the ``health`` control op; its answer (the format
+        of :meth:`lbkit.l7.healthrun.HealthRunner.report` and
+        :meth:`lbkit.l4.health.L4Health.report`: ``checks``, ``backends``
+        ``{NAME: {"state", "since", "last", ...}}``, ``events``) is kept with
+        ``role`` added. ``checks`` None means no active checks there; a host
+        that has no ``health`` op (a placeholder) answers with ``checks`` None
+        and a ``note``; one that cannot be reached with an ``error``.
+        """
+        from .control import send_control
+
+        out: dict[str, dict] = {}
+        for host in self.hosts():
+            if host.role not in ("l4", "l7"):
+                continue
+            try:
+                reply = send_control(self.control_path(host.name), {"op": "health"}, timeout)
+            except LabError as e:
+                out[host.name] = {"role": host.role, "error": str(e)}
+                continue
+            if reply.get("ok"):
+                report = {k: v for k, v in reply.items() if k not in ("ok", "host")}
+                out[host.name] = {"role": host.role, **report}
+            else:
+                out[host.name] = {
+                    "role": host.role,
+                    "checks": None,
+                    "backends": {},
+                    "events": [],
+                    "note": str(reply.get("error", "no health op")),
+                }
+        return out
+
     def forward(
         self, host: str, service: str | None = None, local_port: int = 0
     ) -> tuple[str, int]:

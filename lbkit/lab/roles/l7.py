@@ -38,7 +38,12 @@ keeping its name, so sticky cookies, stats and logs still say ``api1``.
 
 Control channel: ``status`` (mode ``proxy``, requests, listening, config),
 ``stats`` (:meth:`Proxy.stats`), ``reload`` (read the file again; on an
-error the running router stays). SIGHUP reloads too, as with ``lbkit l7``.
+error the running router stays), ``health`` (the pools' backends and their
+latest transitions, :meth:`lbkit.l7.healthrun.HealthRunner.report`: the format of
+the L4 tier's ``health`` op, read by ``lbkit lab health``). SIGHUP reloads too,
+as with ``lbkit l7``. Health checks of the router file's pools probe each
+backend's address (mapped to loopback under the local provider, like the
+traffic); each transition is a ``health: ...`` line in the host's log.
 """
 
 from __future__ import annotations
@@ -289,12 +294,13 @@ async def serve_router(
     ``tls``: the addresses of ``listen`` that terminate TLS, with their server contexts.
     ``reload()`` returns ``(router, limits)`` or ``(router, limits, tls)``.
     """
+    from lbkit.l7.healthrun import print_event
     from lbkit.l7.proxy import Proxy
 
     from ..control import control_server
     from .backend_core import RoleState, control_error, handle_control
 
-    proxy = Proxy(router, limits)
+    proxy = Proxy(router, limits, health_events=print_event())
     state = RoleState(name, role="l7", mode="proxy", modes=(), requests={"http": 0})
     try:
         await proxy.start(listen, admin, tls=tls or None)
@@ -328,11 +334,13 @@ async def serve_router(
             return {"ok": True, "host": name, "stats": proxy.stats()}
         if op == "reload":
             return do_reload()
+        if op == "health":
+            return {"ok": True, "host": name, **proxy.health_report()}
         if op in ("status", "set-mode") or not isinstance(request, dict):
             state.requests["http"] = proxy.counters.requests
             reply = handle_control(state, request)
             return {**reply, "config": config} if reply.get("ok") else reply
-        return control_error(f"unknown op {op!r} (expected status, stats or reload)")
+        return control_error(f"unknown op {op!r} (expected status, stats, health or reload)")
 
     loop = asyncio.get_running_loop()
     try:
