@@ -1,0 +1,148 @@
+"""What the L7 proxy's parts share: limits, flags, byte constants, local answers, counters.
+
+Local answers (:func:`render_local`) are the proxy's own small ``text/plain``
+responses (errors, rejects, nginx ``return``), with the status texts in
+:data:`TEXTS`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any
+
+KEEP_BODY = 64 * 1024  # a request body up to this size is kept for a retry; larger never retried
+BUFFER_HIGH = 256 * 1024  # body bytes waiting for an upstream before the client is paused
+MAX_PIPELINE = 16  # requests waiting behind the active one before the client is paused
+LINGER_SECONDS = 2.0  # after a last answer, read and discard for this long (nginx lingering_close)
+RETRY_STATUSES = frozenset({403, 404, 429, 500, 502, 503, 504})  # proxy_next_upstream http_*
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # RFC 9110 §9.2.2
+
+_EMPTY: frozenset[str] = frozenset()
+_CRLF = b"\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CLOSE = b"Connection: close\r\n"
+_KEEP = b"Connection: keep-alive\r\n"
+_CHUNKED = b"Transfer-Encoding: chunked\r\n"
+#: host, expect, connection, content-length, transfer-encoding
+_REQ_SPECIAL_LENGTHS = frozenset({4, 6, 10, 14, 17})
+
+# client parser states
+P_IDLE, P_HEAD, P_BODY = 0, 1, 2
+# reasons to pause reading a client
+PAUSE_UPSTREAM, PAUSE_PIPELINE, PAUSE_BUFFER = 1, 2, 4
+# how a request body goes upstream (decision.request_framing)
+F_NONE, F_LENGTH, F_CHUNKED = 0, 1, 2
+_FRAMINGS = {"none": F_NONE, "length": F_LENGTH, "chunked": F_CHUNKED}
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+_REJECTED = object()  # a route() result without return_answer: a Reject
+_NO_BYTES: list[bytes] = []  # shared empty default, never appended to
+
+
+def _status_line(status: int, reason: bytes = b"") -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase.encode()
+    except ValueError:
+        phrase = reason
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+
+
+_STATUS_LINES = {s.value: _status_line(s.value) for s in HTTPStatus if s.value >= 200}
+
+_date_cache = [0, b""]
+
+
+def http_date(now: float | None = None) -> bytes:
+    """The ``Date`` field value (RFC 9110 §5.6.7), recomputed once per second."""
+    from email.utils import formatdate
+
+    second = int(time.time() if now is None else now)
+    if _date_cache[0] != second:
+        _date_cache[0], _date_cache[1] = second, formatdate(second, usegmt=True).encode()
+    return _date_cache[1]  # type: ignore[return-value]
+
+
+def render_local(
+    status: int,
+    text: str,
+    extra: Sequence[tuple[str, str]] = (),
+    *,
+    head: bool = False,
+    keep_alive: bool = True,
+    http10: bool = False,
+) -> bytes:
+    """A small ``text/plain`` answer made here (errors, rejects, ``return``)."""
+    body = text.encode()
+    parts = [
+        _STATUS_LINES.get(status) or _status_line(status),
+        b"Server: lbkit\r\nDate: %s\r\n" % http_date(),
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
+    ]
+    parts.extend(f"{k}: {v}\r\n".encode("latin-1") for k, v in extra)
+    if not keep_alive:
+        parts.append(_CLOSE)
+    elif http10:
+        parts.append(_KEEP)
+    parts.append(_CRLF)
+    if not head:
+        parts.append(body)
+    return b"".join(parts)
+
+
+#: Local answers' texts, by status (nginx's error pages say as little).
+TEXTS = {
+    400: "400 bad request",
+    408: "408 request timeout: the request was not received in time",
+    413: "413 content too large",
+    414: "414 URI too long",
+    431: "431 request header fields too large",
+    500: "500 internal error",
+    502: "502 bad gateway",
+    503: "503 service unavailable: no backend available",
+    504: "504 gateway timeout: the backend did not answer in time",
+}
+#: What to answer when the router has no backend to pick (its ``no_backend_status``):
+#: nginx says "no live upstreams" in its error log.
+NO_BACKEND = {
+    502: "502 bad gateway: no live upstreams",
+    503: TEXTS[503],
+}
+
+
+class _Reject(Exception):
+    """Raised in a parser callback: refuse the request with ``status``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Counters:
+    """The proxy's counters (plain attributes: an increment is one store)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests = 0
+        self.retries = 0
+        self.bytes_out = 0
+        self.status: dict[int, int] = {}
+        self.failures: dict[str, int] = {}  # upstream outcomes: error, timeout, invalid_header
+        self.client_aborts = 0
+        self.tls_handshakes = 0  # counted by lbkit.l7.tls.ServerSSLObject
+        self.tls_handshake_failures = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "connections_total": self.connections,
+            "requests": self.requests,
+            "retries": self.retries,
+            "bytes_out": self.bytes_out,
+            "status": {str(k): v for k, v in sorted(self.status.items())},
+            "upstream_failures": dict(sorted(self.failures.items())),
+            "client_aborts": self.client_aborts,
+            "tls_handshakes": self.tls_handshakes,
+            "tls_handshake_failures": self.tls_handshake_failures,
+        }
