@@ -23,10 +23,7 @@ namespace); every wait polls a condition (the router's ``health`` and
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +32,7 @@ import pytest
 
 from lbkit.lab import Lab
 from lbkit.lab.control import send_control
+from lbkit.viz.health_lab import Load
 
 from ._procs import lab_running
 
@@ -90,72 +88,6 @@ servers = [
 
 #: The client: GETs over a new connection each, by ``workers`` threads, until ``count``
 #: requests, ``seconds`` or the ``stop`` file; prints [[start, end, status, backend, error]].
-LOAD = r"""
-import http.client, json, os, sys, threading, time
-host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-workers, count, seconds, stop = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]), sys.argv[7]
-deadline = time.monotonic() + seconds
-lock = threading.Lock()
-rows, left = [], [count]
-
-def take():
-    with lock:
-        left[0] -= 1
-        return left[0] >= 0
-
-def work():
-    while time.monotonic() < deadline and not os.path.exists(stop) and take():
-        start = time.time()
-        conn = http.client.HTTPConnection(host, port, timeout=5)
-        try:
-            conn.request("GET", path, headers={"Connection": "close"})
-            answer = conn.getresponse()
-            answer.read()
-            row = [start, time.time(), answer.status, answer.getheader("X-Backend"), None]
-        except Exception as e:
-            row = [start, time.time(), None, None, repr(e)]
-        finally:
-            conn.close()
-        with lock:
-            rows.append(row)
-
-threads = [threading.Thread(target=work) for _ in range(workers)]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-print(json.dumps(sorted(rows)))
-"""
-
-
-class Load:
-    """The LOAD client running in the lab's client namespace, stopped by a file."""
-
-    def __init__(self, lab: Lab, tmp: Path, *, workers: int, count: int, seconds: float) -> None:
-        self.stop_file = tmp / f"stop-{time.monotonic_ns()}"
-        ip, port = lab.endpoint("alb1")
-        argv = [*lab.exec_prefix("client"), sys.executable, "-c", LOAD, ip, str(port), "/api/x",
-                str(workers), str(count), str(seconds), str(self.stop_file)]  # fmt: skip
-        self.seconds = seconds
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-
-    def finish(self, stop: bool = True) -> list[list]:
-        """Stop the client (or, ``stop`` False, let it end its count); its rows
-        ``[start, end, status, backend, error]``, by start."""
-        if stop:
-            self.stop_file.touch()
-        try:
-            out, err = self.proc.communicate(timeout=self.seconds + 10)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-        assert self.proc.returncode == 0, err
-        return json.loads(out)
-
-
 def health(lab: Lab) -> dict:
     reply = send_control(lab.control_path("alb1"), {"op": "health"})
     assert reply["ok"], reply
@@ -238,7 +170,7 @@ def test_a_tcp_check_keeps_a_500_backend_in_rotation(lab, router):
     use(lab, router, router_toml("tcp", NO_RETRIES, 0))
     lab.backend("api2", "error-500")
     checks_before = api2(lab)["checks"]
-    load = Load(lab, router.parent, workers=1, count=60, seconds=30)
+    load = Load(lab, rate=0, workers=1, count=60, seconds=30)
     rows = load.finish(stop=False)
     statuses = [status for _, _, status, _, _ in rows]
     assert len(rows) == 60 and set(statuses) <= {200, 500}
@@ -253,7 +185,7 @@ def test_an_http_check_takes_a_500_backend_out(lab, router):
     """HTTP check, no retries, no max_fails: the client sees 500s only until api2 is marked
     DOWN, about FALL x INTERVAL after the switch; the next 60 requests have none."""
     use(lab, router, router_toml("http", NO_RETRIES, 0))
-    load = Load(lab, router.parent, workers=1, count=5000, seconds=30)
+    load = Load(lab, rate=0, workers=1, count=5000, seconds=30)
     try:
         base = requests_served(lab)
         wait_for("the client's first requests", lambda: requests_served(lab) > base + 5)
@@ -290,7 +222,7 @@ def test_losing_a_backend_under_load_fails_no_request(lab, router):
     crash) and restored; no request fails, and api2 is UP about RISE x INTERVAL after it
     recovers and serves requests again."""
     use(lab, router, router_toml("http", RETRIES, None))  # nginx's max_fails=1 fail_timeout=10
-    load = Load(lab, router.parent, workers=3, count=20000, seconds=40)
+    load = Load(lab, rate=0, workers=3, count=20000, seconds=40)
     try:
         base = requests_served(lab)
         wait_for("the client's first requests", lambda: requests_served(lab) > base + 20)

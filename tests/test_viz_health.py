@@ -1,4 +1,5 @@
-"""lbkit.viz.health: the figures build, and what they draw is the simulation's data."""
+"""lbkit.viz.health: the figures build, what they draw is the simulation's data, and
+chapter 5's helpers and exercise checkers answer from lbkit itself."""
 
 from __future__ import annotations
 
@@ -17,12 +18,24 @@ from lbkit.health import (
     predict_detection,
     probe_load_samples,
     scenario,
+    slow_start_factor,
 )
 from lbkit.viz.health import (
+    FAILURE_CHOICES,
+    HINTS,
     STATE_COLORS,
+    check_detection,
+    check_which_check,
+    describe_run,
+    detection_truth,
+    failed_share,
     plot_detection_times,
     plot_health_timeline,
     plot_probe_load,
+    plot_slow_start,
+    slow_start_picks,
+    which_check_truth,
+    without_checks,
 )
 
 
@@ -162,3 +175,101 @@ def test_plots_write_png(tmp_path, runs, samples):
     ):
         make(str(tmp_path / name))
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+# ------------------------------------------------------------- chapter 5's helpers
+def test_without_checks_keeps_a_dead_backend_in_rotation():
+    """No checks: api2 refusing from 10 s to 40 s fails a third of the requests sent then."""
+    run = without_checks(scenario("refuse", start=10, end=40))
+    assert run.transitions(backend="api2") == []
+    assert failed_share(run, 10, 40) == pytest.approx(1 / 3, abs=0.01)
+    assert failed_share(run, 0, 10) == 0.0
+    assert len(run.errors()) == len(run.errors("api2")) == 500
+
+
+def test_failed_share_of_an_empty_span_is_zero(runs):
+    """No request sent in the span: 0, not a division by zero."""
+    assert failed_share(runs["tcp"], 60.0, 70.0) == 0.0
+
+
+def test_describe_run_says_detected_missed_and_harmless(runs):
+    """One line each: DOWN with its message, never DOWN, and a mode that fails nothing."""
+    assert describe_run(runs["http"]) == (
+        "HTTP check: api2 DOWN 4.66 s after the change "
+        "(api2 DOWN after 3 failures: HTTP 500 on /healthz); 77 client errors"
+    )
+    assert describe_run(runs["tcp"]) == "TCP check: api2 never marked DOWN; 500 client errors"
+    harmless = compare_checks(scenario("healthz-500"), HealthConfig(), duration=60.0)["tcp"]
+    assert (
+        describe_run(harmless) == "TCP check: api2 passes every check, never DOWN; 0 client errors"
+    )
+
+
+def test_slow_start_plot_draws_envoys_factor():
+    """Each ramp is slow_start_factor over time, and the share line is factor/(factor+n-1)."""
+    fig = plot_slow_start(10.0, aggressions=(1.0,), pool=3)
+    left, right = fig.axes
+    (ramp,) = _gid(left, "ramp:1")
+    t = ramp.get_xdata()
+    expected = [100 * slow_start_factor(x, 10.0) for x in t]
+    assert list(ramp.get_ydata()) == pytest.approx(expected)
+    (share,) = _gid(right, "share:1")
+    f = ramp.get_ydata() / 100
+    assert list(share.get_ydata()) == pytest.approx(list(100 * f / (f + 2)))
+
+
+def test_slow_start_picks_follow_the_ramp():
+    """A real round robin under SlowStart gives api2 about Envoy's share, then a third."""
+    rows = slow_start_picks(10.0, rate=100, seconds=12)
+    assert [second for second, _, _ in rows] == list(range(12))
+    for _, share, expected in rows:
+        assert share == pytest.approx(expected, abs=0.03)
+    assert rows[0][1] < 0.1 and rows[-1][1] == pytest.approx(1 / 3, abs=0.02)
+
+
+def test_slow_start_picks_refuse_a_hash():
+    """Maglev ignores slow start: the helper says why instead of pretending."""
+    with pytest.raises(ValueError, match="remaps keys"):
+        slow_start_picks(algorithm="maglev")
+
+
+def test_detection_truth_is_the_prediction():
+    """interval 2 s, fall 3, timeout 1 s, no jitter: 4 s, 6 s, and 9 s for a hang."""
+    assert detection_truth() == {"best": 4.0, "worst": 6.0, "hang": 9.0}
+
+
+def test_check_detection_accepts_the_truth_and_hints_otherwise():
+    """The right numbers are correct; typical mistakes get a hint, never the number."""
+    assert check_detection({"best": 4, "worst": "6 s", "hang": 9.0})
+    assert str(check_detection({"best": 4, "worst": 6, "hang": 9})) == "correct"
+    assert not check_detection(None)
+    assert "hang" in str(check_detection({"best": 4, "worst": 6}))
+    wrong = check_detection({"best": 4, "worst": 4, "hang": 9})
+    assert not wrong and wrong.message == "not yet: " + HINTS["worst_best"]
+    assert check_detection({"best": 4, "worst": 6, "hang": 6}).message.endswith(HINTS["hang_worst"])
+    assert check_detection({"best": 4, "worst": 6, "hang": 7}).message.endswith(HINTS["hang_once"])
+    for verdict in (wrong, check_detection({"best": 6, "worst": 6, "hang": 9})):
+        assert not any(n in verdict.message for n in ("4", "6", "9"))
+
+
+def test_which_check_truth_comes_from_the_probe_table():
+    """A refused connect fails both checks; hangs, 500s and slow answers past the
+    timeout fail HTTP only; a fast-enough slow backend fails neither."""
+    assert which_check_truth() == {
+        "a": "both", "b": "http", "c": "http", "d": "neither", "e": "http", "f": "http",
+    }  # fmt: skip
+    assert set(FAILURE_CHOICES) == set(which_check_truth())
+
+
+def test_check_which_check_accepts_the_truth_and_counts_mistakes():
+    """Synonyms are accepted; a wrong map gets a count; 'tcp' alone gets its own hint."""
+    truth = which_check_truth()
+    assert check_which_check(truth)
+    assert check_which_check({f"({k})": v.upper() for k, v in truth.items()})
+    assert check_which_check({**truth, "a": "tcp and http", "d": "none", "b": "L7"})
+    assert "1 not right" in str(check_which_check({**truth, "d": "http"}))
+    assert "TCP check fails only" in str(check_which_check({**truth, "b": "tcp"}))
+    assert "missing: f" in str(check_which_check({k: v for k, v in truth.items() if k != "f"}))
+    assert "not a failure" in str(check_which_check({**truth, "z": "both"}))
+    assert "answer 'both'" in str(check_which_check({**truth, "a": "maybe"}))
+    assert not check_which_check({})
