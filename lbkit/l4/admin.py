@@ -3,13 +3,22 @@
 HTTP on ``127.0.0.1:9100`` of the L4 host (its own network namespace, so
 nothing outside the host reaches it):
 
-* ``GET /stats``: JSON (counters, conntrack size, backends and their state);
-* ``GET /metrics``: Prometheus text exposition (prometheus-client);
+* ``GET /stats``: JSON (counters, conntrack size, backends and their state,
+  ``no_backend_drops``, and ``health``: :meth:`lbkit.l4.health.L4Health.report`);
+* ``GET /health``: that ``health`` report alone;
+* ``GET /metrics``: Prometheus text exposition (prometheus-client), with
+  ``lbkit_l4_backend_up{backend}`` (1 up or not yet checked, 0 down by the
+  checks; present when checks run), ``lbkit_l4_health_transitions_total``
+  ``{backend,to}`` and ``lbkit_l4_no_backend_drops_total``;
 * ``POST /backends/NAME?state=down`` (``up``, ``down`` or ``drain``): the
-  operator's switch, the same call health checks will make later.
+  operator's switch. It sets the health checker's admin state (``up`` is
+  HAProxy's ``ready``: the checks decide; ``down`` is ``maint``), so a
+  check and the operator combine instead of overwriting each other.
 
 The lab's control socket carries the same operations (``status``, ``stats``,
-``set-backend``), so ``lbkit lab l4 ...`` and tests reach them from outside.
+``set-backend``, and ``health``: ``{"backends": {NAME: {"state", "since",
+"last", ...}}, "events": [{"at", "message", ...}]}``), so ``lbkit lab ...``
+and tests reach them from outside.
 """
 
 from __future__ import annotations
@@ -71,6 +80,35 @@ class _Collector:
             else stats.get("conntrack_size", 0),
         )
         yield size
+        no_backend = CounterMetricFamily(
+            "lbkit_l4_no_backend_drops", "New flows dropped: no backend up in their service"
+        )
+        no_backend.add_metric([], stats.get("no_backend_drops", 0))
+        yield no_backend
+        yield from health_metrics(stats.get("health"), self.forwarder.health)
+
+
+def health_metrics(report: dict | None, health) -> list:
+    """The health gauge per backend (when checks run) and the transitions counter."""
+    if not report:
+        return []
+    transitions = CounterMetricFamily(
+        "lbkit_l4_health_transitions",
+        "Health-check transitions, by backend and new state",
+        labels=["backend", "to"],
+    )
+    for (backend, to), n in sorted(health.transitions.items()):
+        transitions.add_metric([backend, to], n)
+    if report.get("checks") is None:
+        return [transitions]
+    up = GaugeMetricFamily(
+        "lbkit_l4_backend_up",
+        "Health checks' verdict: 1 up (or not yet checked), 0 down",
+        labels=["backend"],
+    )
+    for name, row in report["backends"].items():
+        up.add_metric([name], 0 if row["health"] == "down" else 1)
+    return [up, transitions]
 
 
 def _answer(status: int, doc: Any) -> tuple:
@@ -91,6 +129,8 @@ def handle_admin(forwarder, req: Request, registry: CollectorRegistry) -> tuple:
     try:
         if req.method == "GET" and parts == ["stats"]:
             return _answer(200, forwarder.stats())
+        if req.method == "GET" and parts == ["health"]:
+            return _answer(200, forwarder.health_report())
         if req.method == "GET" and parts == ["metrics"]:
             body = generate_latest(registry)
             return (
@@ -106,7 +146,7 @@ def handle_admin(forwarder, req: Request, registry: CollectorRegistry) -> tuple:
         if req.method == "GET" and parts == []:
             return plain_answer(
                 200,
-                "lbkit L4 admin: GET /stats, GET /metrics, "
+                "lbkit L4 admin: GET /stats, GET /metrics, GET /health, "
                 "POST /backends/NAME?state=up|down|drain\n",
             )
     except LabError as e:
@@ -115,13 +155,15 @@ def handle_admin(forwarder, req: Request, registry: CollectorRegistry) -> tuple:
 
 
 async def handle_control(forwarder, request: Any) -> dict[str, Any]:
-    """The lab control channel: status, stats, set-backend."""
+    """The lab control channel: status, stats, set-backend, health."""
     if not isinstance(request, dict):
         return {"ok": False, "error": "expected a JSON object"}
     op = request.get("op")
     try:
         if op in ("status", "stats"):
             return {"ok": True, "role": "l4", "mode": forwarder.cfg.mode, **forwarder.stats()}
+        if op == "health":
+            return {"ok": True, **forwarder.health_report()}
         if op == "set-backend":
             return {
                 "ok": True,
@@ -129,7 +171,7 @@ async def handle_control(forwarder, request: Any) -> dict[str, Any]:
             }
     except LabError as e:
         return {"ok": False, "error": str(e)}
-    return {"ok": False, "error": f"unknown op {op!r} (status, stats, set-backend)"}
+    return {"ok": False, "error": f"unknown op {op!r} (status, stats, set-backend, health)"}
 
 
 @contextlib.asynccontextmanager

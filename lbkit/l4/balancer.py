@@ -62,7 +62,7 @@ ICMP errors forwarded count ``icmp:to-backend`` or ``icmp:to-client``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from scapy.layers.l2 import Ether
@@ -287,15 +287,23 @@ class L4Balancer:
         except Exception as exc:
             return self._error(exc)
 
-    def set_state(self, backend: Backend | str, state: str) -> None:
+    def set_state(
+        self,
+        backend: Backend | str,
+        state: str,
+        services: Collection[tuple[str, int]] | None = None,
+    ) -> None:
         """Set a backend ``up``, ``down`` or ``drain`` in every service that has it.
 
+        ``services``: only in these, as ``(proto, port)`` (a health check of
+        one backend port decides for the services it covers).
         ``drain``: no new flows, existing ones continue. ``down``: no new
         flows, and each existing flow is re-picked on its next packet.
         """
         for pool, t in self._targets(backend):
-            pool.balancer.set_state(t.backend, state)
-            t.state = state
+            if services is None or (pool.service.proto, pool.service.port) in services:
+                pool.balancer.set_state(t.backend, state)
+                t.state = state
 
     def set_weight(self, backend: Backend | str, weight: int) -> None:
         """Change a backend's weight in every service that has it (new flows only)."""

@@ -23,7 +23,11 @@ def add_l4_parser(sub: argparse._SubParsersAction) -> None:
             "example (inside the lab's l4 host):\n"
             "  lbkit l4 --iface eth0 --vip 10.0.1.200:80 --vip 10.0.1.200:7/udp --mode nat \\\n"
             "           --backend 10.0.1.10 --backend 10.0.1.11 --backend 10.0.1.12\n"
-            "admin API (inside the host): curl 127.0.0.1:9100/stats, /metrics,\n"
+            "  with HTTP health checks every 0.5 s, down after 2 failures:\n"
+            "  lbkit l4 --iface eth0 --vip 10.0.1.200:80 --backend 10.0.1.10 \\\n"
+            "           --backend 10.0.1.11 --health http:/healthz \\\n"
+            "           --health-interval 0.5 --health-fall 2\n"
+            "admin API (inside the host): curl 127.0.0.1:9100/stats, /health, /metrics,\n"
             "  curl -X POST '127.0.0.1:9100/backends/10.0.1.11?state=down'"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -54,7 +58,59 @@ def add_l4_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--admin", default="127.0.0.1:9100", help="admin API address (default: %(default)s)"
     )
+    h = p.add_argument_group(
+        "health checks",
+        "active checks sent from this box to each backend's own address (not the VIP); "
+        "without --health there are none and only the admin API sets backend states",
+    )
+    h.add_argument(
+        "--health",
+        metavar="tcp|http[:PATH]",
+        help="check type: tcp (connect) or http (GET PATH, default /healthz)",
+    )
+    h.add_argument(
+        "--health-port",
+        type=int,
+        metavar="PORT",
+        help="port to probe on every backend (default: its port of each TCP service)",
+    )
+    h.add_argument(
+        "--health-expect", metavar="STATUSES", help="http statuses that pass (default 200-399)"
+    )
+    h.add_argument(
+        "--health-interval", type=float, metavar="S", help="seconds between checks (default 2)"
+    )
+    h.add_argument(
+        "--health-timeout", type=float, metavar="S", help="seconds a check may take (default 1)"
+    )
+    h.add_argument(
+        "--health-rise", type=int, metavar="N", help="successes in a row to come up (default 2)"
+    )
+    h.add_argument(
+        "--health-fall", type=int, metavar="N", help="failures in a row to go down (default 3)"
+    )
+    h.add_argument(
+        "--health-jitter",
+        type=float,
+        metavar="F",
+        help="spread of each wait, a fraction of the interval (default 0.1)",
+    )
     p.set_defaults(func=_run)
+
+
+HEALTH_FLAGS = ("port", "expect", "interval", "timeout", "rise", "fall", "jitter")
+
+
+def health_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The ``--health*`` flags given, by health key (``--health`` is ``type``)."""
+    given: dict[str, object] = {}
+    if args.health is not None:
+        given["type"] = args.health
+    for key in HEALTH_FLAGS:
+        value = getattr(args, f"health_{key}")
+        if value is not None:
+            given[key] = value
+    return given
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -73,13 +129,15 @@ def _run(args: argparse.Namespace) -> int:
         engine=args.engine,
         algorithm=args.algorithm,
         admin=args.admin,
+        health=health_flags(args),
     )
     fwd = Forwarder(cfg)
 
     def ready() -> None:
         ports = ", ".join(f"{s.port}/{s.proto}" for s in cfg.services)
+        checks = f"health: {cfg.health.describe()}" if cfg.health else "no health checks"
         print(
-            f"ready: {cfg.vip} ({ports}) {cfg.mode} via {cfg.engine} on {cfg.iface}; "
+            f"ready: {cfg.vip} ({ports}) {cfg.mode} via {cfg.engine} on {cfg.iface}; {checks}; "
             f"admin http://{cfg.admin[0]}:{cfg.admin[1]}/stats",
             flush=True,
         )

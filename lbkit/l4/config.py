@@ -18,6 +18,18 @@ Two sources, one shape:
       port = 7
       proto = "udp"
       backends = ["api1", "api2", "api3"]
+      # optional: active health checks from the box (absent: none, operator only)
+      health = { type = "http", path = "/healthz", expect = "200-399", interval = 2.0,
+                 timeout = 1.0, rise = 2, fall = 3, jitter = 0.1 }   # port: see below
+
+  ``health`` (also ``health = "tcp"`` or ``health = "http:/healthz"`` for the
+  defaults; flags ``--health tcp|http[:PATH]``, ``--health-interval`` ...):
+  ``type`` tcp (a connect) or http (``GET path``, status in ``expect``);
+  ``port`` the port probed on every backend, default the backend's own port
+  of each TCP service, and for a UDP service the backend's first TCP
+  service port (a TCP or HTTP probe cannot reach a UDP port); the rest as
+  :class:`lbkit.health.HealthConfig` (HAProxy's ``inter``, ``rise``,
+  ``fall``; defaults 2 s, 2, 3).
 
 Every mistake is a :class:`~lbkit.lab.errors.LabError` naming the flag or key.
 """
@@ -25,6 +37,7 @@ Every mistake is a :class:`~lbkit.lab.errors.LabError` naming the flag or key.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from lbkit.algorithms import ALGORITHMS
@@ -51,6 +64,115 @@ class ServiceSpec:
     backends: tuple[BackendSpec, ...]
 
 
+HEALTH_TYPES = ("tcp", "http")
+HEALTH_KEYS = ("type", "path", "expect", "port", "interval", "timeout", "rise", "fall", "jitter")
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    """The box's active health check, as configured (defaults: HAProxy's, as HealthConfig).
+
+    ``port`` None: each backend is probed on its own port of each TCP
+    service (see :func:`lbkit.l4.health.plan_checks` for UDP services).
+    """
+
+    type: str
+    path: str = "/healthz"
+    expect: str = "200-399"
+    port: int | None = None
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    jitter: float = 0.1
+
+    def describe(self) -> str:
+        """``http GET /healthz (200-399) every 2 s (timeout 1 s), rise 2, fall 3``: for /stats."""
+        what = f"http GET {self.path} ({self.expect})" if self.type == "http" else "tcp connect"
+        port = f" on port {self.port}" if self.port else ""
+        return (
+            f"{what}{port} every {self.interval:g} s (timeout {self.timeout:g} s), "
+            f"rise {self.rise}, fall {self.fall}"
+        )
+
+
+def _number(value: object, what: str, *, integer: bool = False) -> float:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise LabError(f"{what}: expected {'an integer' if integer else 'a number'}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def parse_health_shorthand(text: str, what: str) -> dict[str, object]:
+    """``tcp``, ``http`` or ``http:/path`` -> the table it stands for."""
+    kind, sep, path = text.partition(":")
+    if kind not in HEALTH_TYPES:
+        raise LabError(f"{what}: {text!r} is not tcp, http or http:/PATH")
+    if sep and kind != "http":
+        raise LabError(f"{what}: a path goes with http only (http:{path})")
+    return {"type": kind, "path": path} if sep else {"type": kind}
+
+
+def parse_health(table: object, name: Callable[[str], str]) -> HealthSpec:
+    """A health table (or its shorthand string) -> :class:`HealthSpec`.
+
+    ``name(key)`` says how the user wrote ``key`` (``x.toml: hosts.lb.options.health.fall``
+    or ``--health-fall``): every error is one line starting with it.
+    """
+    if isinstance(table, str):
+        table = parse_health_shorthand(table, name("type"))
+    if not isinstance(table, Mapping):
+        raise LabError(f'{name("")}: expected a table like {{ type = "http" }} or "tcp"')
+    unknown = sorted(set(table) - set(HEALTH_KEYS))
+    if unknown:
+        raise LabError(f"{name(unknown[0])}: unknown key (known: {', '.join(HEALTH_KEYS)})")
+    kind = table.get("type")
+    if kind not in HEALTH_TYPES:
+        got = "missing" if kind is None else f"got {kind!r}"
+        raise LabError(f"{name('type')}: must be tcp or http ({got})")
+    out: dict[str, object] = {"type": kind}
+    for key in ("path", "expect"):
+        if key not in table:
+            continue
+        if kind != "http":
+            raise LabError(f"{name(key)}: only for type http (a tcp check sends no request)")
+        value = table[key]
+        if key == "expect":
+            from lbkit.health.probes import parse_expect
+
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise LabError(f'{name(key)}: expected statuses like "200-399" or 200')
+            try:
+                parse_expect(value)
+            except ValueError as e:
+                raise LabError(f"{name(key)}: {e}") from None
+            out[key] = str(value)
+        elif not isinstance(value, str) or not value.startswith("/") or " " in value:
+            raise LabError(f"{name(key)}: expected a path like /healthz, got {value!r}")
+        else:
+            out[key] = value
+    if "port" in table:
+        out["port"] = _port(table["port"], name("port"))
+    for key in ("interval", "timeout"):
+        if key in table:
+            value = float(_number(table[key], name(key)))
+            if not value > 0:
+                raise LabError(f"{name(key)}: must be > 0 seconds, got {table[key]!r}")
+            out[key] = value
+    for key in ("rise", "fall"):
+        if key in table:
+            value = int(_number(table[key], name(key), integer=True))
+            if value < 1:
+                raise LabError(f"{name(key)}: must be >= 1, got {value}")
+            out[key] = value
+    if "jitter" in table:
+        value = float(_number(table["jitter"], name("jitter")))
+        if not 0 <= value < 1:
+            raise LabError(f"{name('jitter')}: a fraction of the interval in [0, 1), got {value}")
+        out["jitter"] = value
+    return HealthSpec(**out)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class L4Config:
     iface: str
@@ -61,6 +183,7 @@ class L4Config:
     algorithm: str = "maglev"
     admin: tuple[str, int] = ADMIN
     extra: dict = field(default_factory=dict)
+    health: HealthSpec | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -73,6 +196,13 @@ class L4Config:
             raise LabError(f"algorithm: unknown {self.algorithm!r}; one of {', '.join(ALGORITHMS)}")
         if not self.services:
             raise LabError("no service: give at least one --vip IP:PORT and one --backend")
+        if self.health is not None:
+            from .health import plan_checks
+
+            try:
+                plan_checks(self.services, self.health)
+            except ValueError as e:
+                raise LabError(f"health.port: {e}") from None
 
     @property
     def mss_clamp(self) -> int | None:
@@ -117,8 +247,13 @@ def from_cli(
     engine: str = "fast",
     algorithm: str = "maglev",
     admin: str = "127.0.0.1:9100",
+    health: Mapping[str, object] | None = None,
 ) -> L4Config:
-    """Build the config from ``lbkit l4`` flags."""
+    """Build the config from ``lbkit l4`` flags.
+
+    ``health``: the ``--health*`` flags given, by key (``{"type": "http:/healthz",
+    "interval": 0.5}``); None or empty for no checks.
+    """
     parsed = [parse_vip(v) for v in vips]
     if not parsed:
         raise LabError("--vip is required (IP:PORT[/udp], repeatable)")
@@ -144,15 +279,36 @@ def from_cli(
             )
         services.append(ServiceSpec(vport, proto, tuple(pool)))
     host, _, port = admin.rpartition(":")
-    return L4Config(
-        iface,
-        parsed[0][0],
-        tuple(services),
-        mode,
-        engine,
-        algorithm,
-        (_ip(host, "--admin"), _port(port, "--admin")),
-    )
+    spec = _health_from_flags(dict(health)) if health else None
+    try:
+        return L4Config(
+            iface,
+            parsed[0][0],
+            tuple(services),
+            mode,
+            engine,
+            algorithm,
+            (_ip(host, "--admin"), _port(port, "--admin")),
+            health=spec,
+        )
+    except LabError as e:
+        if str(e).startswith("health.port:"):
+            raise LabError(f"--health-port: {str(e).removeprefix('health.port: ')}") from None
+        raise
+
+
+def _health_from_flags(flags: dict[str, object]) -> HealthSpec:
+    """``--health SPEC`` plus ``--health-KEY VALUE`` flags -> :class:`HealthSpec`."""
+
+    def flag(key: str) -> str:
+        return "--health" if key in ("type", "path", "") else f"--health-{key}"
+
+    spec = flags.pop("type", None)
+    if spec is None:
+        given = sorted(flags)
+        raise LabError(f"{flag(given[0])}: needs --health tcp|http[:PATH] to turn checks on")
+    table = {**parse_health_shorthand(str(spec), "--health"), **flags}
+    return parse_health(table, flag)
 
 
 def from_topology(topology, host) -> L4Config:
@@ -191,6 +347,14 @@ def from_topology(topology, host) -> L4Config:
             mode=str(opts.get("mode", "nat")),
             engine=str(opts.get("engine", "fast")),
             algorithm=str(opts.get("algorithm", "maglev")),
+            health=_health_option(opts),
         )
     except LabError as e:
         raise LabError(f"{key}.{e}") from None
+
+
+def _health_option(opts: Mapping[str, object]) -> HealthSpec | None:
+    """The ``health`` option; errors name ``health.KEY`` (from_topology adds the rest)."""
+    if "health" not in opts:
+        return None
+    return parse_health(opts["health"], lambda k: f"health.{k}" if k else "health")

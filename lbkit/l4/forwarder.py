@@ -15,10 +15,38 @@ A thin adapter. It
 * learns backend MAC addresses from the kernel's neighbour table, after
   prodding the kernel to ARP for them;
 * serves counters and the backend-state API on an admin address inside its
-  host (JSON, Prometheus text), and cleans everything up on SIGTERM.
+  host (JSON, Prometheus text), and cleans everything up on SIGTERM;
+* runs the health checks (:class:`~lbkit.l4.health.L4Health`, when the
+  config has some) as one more task of the same event loop: probes leave
+  from the box's own address to each backend's real address, and every
+  change of a backend's state goes to the balancer. The frame handler is
+  untouched; the checks cost a few packets per backend per interval.
 
 The ``nftables`` engine instead programs the kernel (DNAT) and only serves the
 admin API: the production reference the lbkit engines are measured against.
+A backend's state change there re-renders the whole NAT table and loads it
+with one ``nft -f`` (one netlink transaction: the numgen/jhash maps are
+never seen half-written). Rule counters restart with a new table, so the
+forwarder carries their totals across reloads.
+
+A backend going ``down``, and the flows it already has:
+
+* lbkit engines: the core re-picks a tracked flow whose backend is down on
+  its next packet (IPVS with ``expire_nodest_conn=1``): a TCP client then
+  gets a reset from the new backend and reconnects at once, and a UDP
+  "flow", which never ends by itself, moves on instead of being sent to a
+  dead backend for as long as the client keeps talking. The checks said
+  the backend cannot serve, so holding its flows (IPVS's default) would
+  only make them wait for a timeout. ``drain`` (operator) keeps them.
+* nftables: the map rewrite changes new connections only; the kernel's
+  conntrack keeps the old ones on their backend until they end or expire
+  (IPVS's default ``expire_nodest_conn=0``). Ending them needs
+  ``conntrack -D`` (conntrack-tools), not installed here.
+
+New flows with no backend up are dropped and counted: ``no_backend_drops``
+in /stats and ``lbkit_l4_no_backend_drops_total`` in /metrics (the lbkit
+core's ``drop:no-backend``; for nftables the rule that replaces the DNAT
+of a service without backends, which drops).
 """
 
 from __future__ import annotations
@@ -30,6 +58,7 @@ import json
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +69,7 @@ from lbkit.lab.hostsetup import set_sysctl
 
 from . import nft
 from .config import L4Config
+from .health import Check, L4Health, print_event
 
 ETH_P_IP = 0x0800
 SOL_PACKET = 263
@@ -103,8 +133,13 @@ class Forwarder:
         self.lb = None
         self._sock: socket.socket | None = None
         self._undo: list[Callable[[], None]] = []
-        self._down: set[str] = set()
         self.backends = sorted({(b.name, b.ip) for s in cfg.services for b in s.backends})
+        self.health = L4Health(cfg.services, cfg.health, self._apply_health, on_event=print_event)
+        self._nft_loaded = False
+        self._nft_error: str | None = None
+        self._nft_unserved: set[str] = set()  # service keys whose rule drops (no backend)
+        self._nft_carry: dict[str, dict[str, int]] = {}  # counters of the tables replaced
+        self._nft_no_backend = 0  # no-backend drops counted by tables replaced
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -169,18 +204,50 @@ class Forwarder:
         self._undo.append(lambda: nft.delete_table(NAT_TABLE))
 
     def _apply_nat(self) -> None:
+        """Render the NAT table for the backends up now and load it (one transaction)."""
         algo = {"round_robin": "round_robin", "random": "random"}.get(self.cfg.algorithm, "hash")
+        state = self.health.state
         services = [
             nft.NftService(
                 self.cfg.vip,
                 s.port,
                 s.proto,
-                [(b.ip, b.port) for b in s.backends if b.name not in self._down],
+                [(b.ip, b.port) for b in s.backends if state(b.name, s.proto, s.port) == "up"],
                 algo,
             )
             for s in self.cfg.services
         ]
-        nft.apply(nft.render_nat(NAT_TABLE, services))
+        script = nft.render_nat(NAT_TABLE, services, drop_unserved=True)
+        if self._nft_loaded:
+            self._carry_nft_counters()
+        nft.apply(script)
+        self._nft_loaded = True
+        self._nft_unserved = {s.key for s in services if not s.backends}
+
+    def _carry_nft_counters(self) -> None:
+        """Add the counters of the table about to be replaced to the running totals."""
+        try:
+            current = nft.counters(NAT_TABLE)
+        except LabError:
+            return
+        for key, value in current.items():
+            total = self._nft_carry.setdefault(key, {"packets": 0, "bytes": 0})
+            total["packets"] += value["packets"]
+            total["bytes"] += value["bytes"]
+        self._nft_no_backend += sum(
+            current[k]["packets"] for k in self._nft_unserved if k in current
+        )
+
+    def _apply_health(self, check: Check, state: str) -> None:
+        """A backend's effective state changed (checks or operator): tell the engine."""
+        if self.lb is not None:
+            self.lb.set_state(check.backend, state, check.services)
+        elif self._nft_loaded:
+            try:
+                self._apply_nat()
+            except LabError as e:
+                self._nft_error = str(e)
+                print(f"health: nft reload failed: {e}", file=sys.stderr, flush=True)
 
     def resolve(self, ips: list[str], deadline: float = 1.0) -> None:
         """Learn MACs for ``ips`` from the kernel, prodding it to ARP first."""
@@ -245,11 +312,10 @@ class Forwarder:
             )
         if state not in ("up", "down", "drain"):
             raise LabError(f"state must be up, down or drain; got {state!r}")
-        if self.lb is not None:
-            self.lb.set_state(name, state)
-        else:
-            (self._down.discard if state == "up" else self._down.add)(name)
-            self._apply_nat()
+        self._nft_error = None
+        self.health.set_operator(name, state)  # admin ready/drain/maint; checks still count
+        if self._nft_error:
+            raise LabError(self._nft_error)
         return self.stats()
 
     def stats(self) -> dict:
@@ -259,9 +325,27 @@ class Forwarder:
             "engine": self.cfg.engine,
             "algorithm": self.cfg.algorithm,
         }
+        health = self.health.report()
         if self.lb is not None:
-            return {**base, **self.lb.stats()}
-        return {**base, "down": sorted(self._down), "nft": nft.counters(NAT_TABLE)}
+            drops = self.lb.counters["drop:no-backend"]
+            return {**base, **self.lb.stats(), "no_backend_drops": drops, "health": health}
+        current = nft.counters(NAT_TABLE)
+        totals = {k: dict(v) for k, v in self._nft_carry.items()}
+        for key, value in current.items():
+            total = totals.setdefault(key, {"packets": 0, "bytes": 0})
+            total["packets"] += value["packets"]
+            total["bytes"] += value["bytes"]
+        drops = self._nft_no_backend + sum(
+            current[k]["packets"] for k in self._nft_unserved if k in current
+        )
+        down = sorted(
+            {self.health.checks[k].backend for k, v in self.health.states().items() if v != "up"}
+        )
+        return {**base, "down": down, "nft": totals, "no_backend_drops": drops, "health": health}
+
+    def health_report(self) -> dict:
+        """The ``health`` control op's answer: backends' states and the latest transitions."""
+        return self.health.report()
 
     async def serve(
         self, on_ready: Callable[[], None] | None = None, control_path: str | None = None
@@ -274,7 +358,7 @@ class Forwarder:
         try:
             if self._sock is not None:
                 loop.add_reader(self._sock.fileno(), self.on_readable)
-            async with serve_admin(self, control_path):
+            async with serve_admin(self, control_path), self.health.running():
                 if on_ready is not None:
                     on_ready()
                 while True:

@@ -31,14 +31,22 @@ VIP = "10.0.1.200"
 BOX = "10.0.1.2"
 
 
-def l4_topology_data(mode: str = "nat", engine: str = "fast") -> dict[str, Any]:
-    """``labs/l4.toml`` as data, changed for ``mode`` and ``engine``."""
+def l4_topology_data(
+    mode: str = "nat", engine: str = "fast", health: dict[str, Any] | str | None = None
+) -> dict[str, Any]:
+    """``labs/l4.toml`` as data, changed for ``mode`` and ``engine``.
+
+    ``health``: the L4 box's ``health`` option (``{"type": "http", "interval": 0.2}``;
+    see :mod:`lbkit.l4.config`); None leaves it out, as the file does.
+    """
     if mode not in MODES or engine not in ENGINES:
         raise ValueError(f"mode must be one of {MODES} and engine one of {ENGINES}")
     data = tomllib.loads((labs_dir() / "l4.toml").read_text())
     data = copy.deepcopy(data)
     data["name"] = f"l4{mode[:3]}"
     data["hosts"]["lb"]["options"].update(mode=mode, engine=engine)
+    if health is not None:
+        data["hosts"]["lb"]["options"]["health"] = copy.deepcopy(health)
     for host in data["hosts"].values():
         if host["role"] != "backend":
             continue
@@ -55,8 +63,13 @@ def l4_topology_data(mode: str = "nat", engine: str = "fast") -> dict[str, Any]:
     return data
 
 
-def write_l4_topology(path: Path, mode: str = "nat", engine: str = "fast") -> Path:
+def write_l4_topology(
+    path: Path,
+    mode: str = "nat",
+    engine: str = "fast",
+    health: dict[str, Any] | str | None = None,
+) -> Path:
     """Write the variant to ``path`` (host processes read their topology from a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomli_w.dumps(l4_topology_data(mode, engine)))
+    path.write_text(tomli_w.dumps(l4_topology_data(mode, engine, health)))
     return path

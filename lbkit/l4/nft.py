@@ -145,7 +145,13 @@ def _replace_table(table: str) -> str:
     return f"table ip {table}\ndelete table ip {table}\n"
 
 
-def render_nat(table: str, services: Sequence[NftService], down: Collection[Backend] = ()) -> str:
+def render_nat(
+    table: str,
+    services: Sequence[NftService],
+    down: Collection[Backend] = (),
+    *,
+    drop_unserved: bool = False,
+) -> str:
     """The ``nft -f`` script of the NAT engine for ``services`` (backends in ``down`` left out).
 
     Per service, one rule in ``prerouting`` (hook priority ``dstnat``)::
@@ -159,7 +165,17 @@ def render_nat(table: str, services: Sequence[NftService], down: Collection[Back
     only, so these counters count connections, not traffic. A service
     whose backends are all down keeps a counting rule without ``dnat``:
     its packets reach the box itself, which answers a reset (tcp) or a
-    port unreachable (udp), so the client fails fast.
+    port unreachable (udp), so the client fails fast. With
+    ``drop_unserved`` that rule drops them instead, as lbkit's own engines
+    do (``drop:no-backend``): the client's SYN goes unanswered and is
+    retried. The dropped packet's conntrack entry is never confirmed, so
+    every retry meets the rule again: it counts packets, like lbkit's.
+    The rule says ``ct state new`` although a NAT chain only sees new
+    connections anyway: a ``ct`` (or ``dnat``) expression is what turns
+    conntrack on in the namespace, and without conntrack the kernel never
+    runs NAT chains at all (``nf_nat_inet_fn`` accepts a packet without a
+    ``ct``), so with every service unserved the rule would be skipped and
+    the box's own stack would answer a reset.
 
     Deterministic: services and backends in the order given.
     """
@@ -173,8 +189,12 @@ def render_nat(table: str, services: Sequence[NftService], down: Collection[Back
     post: list[str] = []
     for s in services:
         if not s.backends:
-            pre.append(f"# {s.key}: no backend up, the box answers itself")
-            pre.append(f'{_match(s)} counter comment "{s.key}"')
+            if drop_unserved:
+                pre.append(f"# {s.key}: no backend up, new flows dropped (and counted)")
+                pre.append(f'{_match(s)} ct state new counter drop comment "{s.key}"')
+            else:
+                pre.append(f"# {s.key}: no backend up, the box answers itself")
+                pre.append(f'{_match(s)} counter comment "{s.key}"')
             continue
         slots = ", ".join(f"{i} : {ip} . {port}" for i, (ip, port) in enumerate(s.backends))
         pre.append(

@@ -7,6 +7,14 @@ connection to it and copy bytes both ways, never reading them. The learner
 sees the same spread and the same stickiness per connection; what changes is
 that the backend sees the proxy's address, not the client's (NAT mode keeps
 the client IP; a proxy cannot). UDP: one upstream socket per client address.
+
+Health (:func:`proxy_health`): the same checks as the packet forwarder, aimed
+at each backend's loopback address; a backend marked down gets no new
+connection. Connections already relayed to it stay: a byte stream cannot
+move to another backend, and the proxy does not cut it. With no backend up
+a new TCP connection is closed at once (the kernel has already accepted it:
+a proxy cannot drop a SYN) and a UDP datagram is dropped, both counted as
+``drop:no-backend``.
 """
 
 from __future__ import annotations
@@ -14,9 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from lbkit.algorithms import Backend, Flow, NoBackendAvailable, make_balancer
+from lbkit.health import Transition
+from lbkit.lab.errors import LabError
+
+from .config import L4Config
+from .health import Check, L4Health, print_event
 
 NOTICE = (
     "L4 proxy mode (local provider, no root): connections are relayed, not packets "
@@ -115,6 +128,7 @@ class _UdpRelay(asyncio.DatagramProtocol):
         try:
             backend = self.proxy._pick(client)
         except NoBackendAvailable:
+            self.proxy._count("drop:no-backend")
             self.waiting.pop(client, None)
             return
         relay = self
@@ -132,6 +146,35 @@ class _UdpRelay(asyncio.DatagramProtocol):
         self.proxy._count(f"backend:{backend.name}")
         for data in self.waiting.pop(client, []):
             up.sendto(data)
+
+
+def proxy_health(
+    cfg: L4Config,
+    proxies: list[L4Proxy],
+    endpoints: Mapping[tuple[str, int], tuple[str, int]],
+    on_event: Callable[[Transition], object] | None = print_event,
+) -> L4Health:
+    """Health for the proxies of ``cfg``: each change goes to every proxy's balancer.
+
+    ``endpoints`` maps a backend's native ``(ip, port)`` to where it listens
+    under this provider (:func:`lbkit.lab.services.endpoint_map`). LabError
+    if a check's port has no service there to probe.
+    """
+
+    def apply(check: Check, state: str) -> None:
+        for proxy in proxies:
+            if (proxy.proto, proxy.port) in check.services and check.backend in proxy.targets:
+                proxy.balancer.set_state(check.backend, state)
+
+    health = L4Health(cfg.services, cfg.health, apply, endpoints=endpoints, on_event=on_event)
+    if health.enabled:
+        for check in health.checks.values():
+            if (check.ip, check.port) not in endpoints:
+                raise LabError(
+                    f"health.port: {check.backend} has no TCP service on port {check.port} "
+                    "to check under this provider"
+                )
+    return health
 
 
 async def serve_proxies(
