@@ -206,9 +206,14 @@ def _up(args: argparse.Namespace) -> int:
     out.print(_hosts_table(status))
     backend = (lab.topology.by_role("backend") or lab.hosts())[0].name
     client = (lab.topology.by_role("client") or lab.hosts())[0].name
-    entry = next(
-        (h.name for role in ("l4", "l7", "backend") for h in lab.topology.by_role(role)), backend
-    )
+    # The outermost tier that does something: an L4 box with a VIP, else an L7 router,
+    # else a backend (a placeholder page is no place to send a browser).
+    working = [
+        *(h for h in lab.topology.by_role("l4") if "vip" in h.options),
+        *(h for h in lab.topology.by_role("l7") if l7_router_option(h) is not None),
+        *lab.topology.by_role("backend"),
+    ]
+    entry = working[0].name if working else backend
     hints: list[tuple[str, str]] = []
     curl = f"curl -s {lab.url(backend, '/echo')}"
     if lab.provider == "netns":
