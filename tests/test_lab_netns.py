@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from lbkit._proc import alive
 from lbkit.lab import Lab, LabError
 from lbkit.lab.capture_merge import handshake, merge_pcaps
 from lbkit.lab.providers.netns import list_namespaces
@@ -80,6 +81,26 @@ def test_backend_modes_are_seen_from_the_client(basic):
     finally:
         basic.backend("api2", "healthy")
     assert curl(basic, url).stdout == "api2\n"
+
+
+def test_a_stopped_host_is_refused_and_starts_again(basic):
+    """lab.stop kills api3's process (a crash): the client is refused, the lab reports it not
+    running; lab.start brings it back, answering as before, under a new pid."""
+    url = "http://10.0.1.12/"
+    old_pid = LabState.load(basic.state_dir).processes["api3"]
+    try:
+        assert basic.stop("api3") is True
+        assert curl(basic, url).returncode == 7  # connection refused
+        row = next(h for h in basic.status()["hosts"] if h["name"] == "api3")
+        assert row["running"] is False
+        assert basic.stop("api3") is False  # already stopped
+    finally:
+        basic.start("api3")
+    assert curl(basic, url).stdout == "api3\n"
+    assert LabState.load(basic.state_dir).processes["api3"] != old_pid
+    assert not alive(old_pid)
+    with pytest.raises(LabError, match="no host named 'nope'"):
+        basic.stop("nope")
 
 
 def test_merged_capture_shows_the_handshake_from_both_sides(basic, tmp_path):

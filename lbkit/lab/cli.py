@@ -112,6 +112,17 @@ def add_lab_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slow-delay", type=float, help="seconds added by the slow mode")
     p.set_defaults(func=_backend)
 
+    p = cmds.add_parser(
+        "stop",
+        parents=[state],
+        help="kill one host's process, as a crash would (its address stays: peers are refused)",
+    )
+    p.add_argument("host")
+    p.set_defaults(func=_stop)
+    p = cmds.add_parser("start", parents=[state], help="start a stopped host again")
+    p.add_argument("host")
+    p.set_defaults(func=_start)
+
     from .health_cli import add_health_parser
 
     add_health_parser(cmds, state)
@@ -362,6 +373,22 @@ def _exec(args: argparse.Namespace) -> int:
 def _exec_argv(lab, host: str, argv: list[str]) -> tuple[str, list[str]]:
     full = [*lab.exec_prefix(host), *argv]
     return full[0], full
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from .lab import Lab
+
+    ran = Lab.attach(args.state_dir).stop(args.host)
+    print(f"{args.host}: stopped" if ran else f"{args.host}: was not running")
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    from .lab import Lab
+
+    Lab.attach(args.state_dir).start(args.host)
+    print(f"{args.host}: running")
+    return 0
 
 
 def _backend(args: argparse.Namespace) -> int:

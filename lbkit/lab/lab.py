@@ -262,29 +262,54 @@ class Lab:
         return []
 
     def _start_hosts(self, state: LabState) -> None:
+        for host in self.topology.hosts.values():
+            self._start_host(state, host.name)
+
+    def _start_host(self, state: LabState, name: str) -> None:
         logs = self.state_dir / "hosts"
         logs.mkdir(parents=True, exist_ok=True)
-        for host in self.topology.hosts.values():
-            argv = [
-                *self.exec_prefix(host.name),
-                *self._host_argv(host.name, sys.executable, "-m", "lbkit"),
-            ]
-            with open(logs / f"{host.name}.log", "wb") as log:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            state.processes[host.name] = proc.pid
-            state.save(self.state_dir)
+        argv = [*self.exec_prefix(name), *self._host_argv(name, sys.executable, "-m", "lbkit")]
+        with open(logs / f"{name}.log", "ab") as log:  # a restart appends
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        state.processes[name] = proc.pid
+        state.save(self.state_dir)
 
-    def _wait_ready(self, state: LabState) -> None:
+    def _running_state(self, host: str) -> LabState:
+        self.topology.host(host)  # LabError for an unknown host
+        state = LabState.load(self.state_dir)
+        if state is None:
+            raise LabError(f"no lab is up in {self.state_dir} (run `lbkit lab up` first)")
+        return state
+
+    def stop(self, host: str) -> bool:
+        """Kill ``host``'s process, as a crash would (SIGTERM, then SIGKILL); its namespace,
+        address and routes stay, so its peers see connections refused. True if it ran."""
+        state = self._running_state(host)
+        pid = state.processes.get(host)
+        return pid is not None and stop_group(pid, grace=3.0)
+
+    def start(self, host: str) -> Lab:
+        """Start ``host``'s process again after :meth:`stop` and wait until it is ready
+        (a no-op if it runs)."""
+        state = self._running_state(host)
+        pid = state.processes.get(host)
+        if pid is not None and alive(pid):
+            return self
+        self._start_host(state, host)
+        self._wait_ready(state, only=[host])
+        return self
+
+    def _wait_ready(self, state: LabState, only: list[str] | None = None) -> None:
         from .control import send_control
 
         deadline = time.monotonic() + READY_TIMEOUT
-        waiting = dict(state.processes)
+        waiting = {n: pid for n, pid in state.processes.items() if only is None or n in only}
         while waiting:
             for name, pid in list(waiting.items()):
                 if not alive(pid):
