@@ -28,7 +28,7 @@ from lbkit.l4 import nft
 from lbkit.l4.admin import _Collector, handle_admin
 from lbkit.l4.config import from_cli, from_topology
 from lbkit.l4.forwarder import Forwarder
-from lbkit.l4.health import L4Health, plan_checks
+from lbkit.l4.health import L4Health, make_probe, plan_checks
 from lbkit.l4.labtopo import VIP, l4_topology_data, write_l4_topology
 from lbkit.l4.proxy import L4Proxy, proxy_health
 from lbkit.lab import Lab, LabError, parse_topology
@@ -118,17 +118,18 @@ def test_no_health_option_means_no_checks():
 @pytest.mark.parametrize(
     ("health", "message"),
     [
-        ({"type": "udp"}, r"options\.health\.type: must be tcp or http"),
-        ({"interval": 1}, r"options\.health\.type: must be tcp or http \(missing\)"),
+        ({"type": "udp"}, r"options\.health\.type: expected tcp or http, got 'udp'"),
+        ({"type": "tcp", "body": "ok"}, r"options\.health\.body: only for type http"),
         ({"type": "tcp", "path": "/x"}, r"options\.health\.path: only for type http"),
         ({"type": "http", "intervall": 1}, r"options\.health\.intervall: unknown key"),
-        ({"type": "http", "interval": 0}, r"options\.health\.interval: must be > 0"),
-        ({"type": "http", "fall": 0}, r"options\.health\.fall: must be >= 1"),
-        ({"type": "http", "rise": 1.5}, r"options\.health\.rise: expected an integer"),
+        ({"type": "http", "interval": 0}, r"options\.health\.interval: expected seconds > 0"),
+        ({"type": "http", "fall": 0}, r"options\.health\.fall: expected a whole number >= 1"),
+        ({"type": "http", "rise": 1.5}, r"options\.health\.rise: expected a whole number"),
         ({"type": "http", "expect": "200-999"}, r"options\.health\.expect: bad status range"),
         ({"type": "http", "port": 0}, r"options\.health\.port: port 0 is out of range"),
-        ({"type": "http", "jitter": 1.0}, r"options\.health\.jitter: a fraction"),
+        ({"type": "http", "jitter": 1.0}, r"options\.health\.jitter: expected a fraction"),
         (["tcp"], r"options\.health: expected a table"),
+        ("ping", r"options\.health: 'ping' is not tcp, http or http:/PATH"),
     ],
 )
 def test_health_option_mistakes_name_file_and_key(health, message):
@@ -149,6 +150,31 @@ def test_topology_udp_only_backend_needs_a_port_to_check():
     data["hosts"]["lb"]["options"]["health"] = {"type": "tcp", "port": 80}
     topo = parse_topology(data, source="labs/mine.toml")
     assert from_topology(topo, topo.host("lb")).health.port == 80
+
+
+def test_topology_health_table_without_type_is_an_http_check():
+    """``type`` defaults to http, as in an L7 pool's ``health_check``."""
+    h = config({"interval": 1}).health
+    assert (h.type, h.path, h.interval) == ("http", "/healthz", 1.0)
+
+
+def test_topology_health_body_is_matched_by_the_probe():
+    """``body = "ok"`` reaches the box's http probe: a 200 without that text fails."""
+    spec = config({"type": "http", "body": "ok"}).health
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\ndegraded")
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        async with await asyncio.start_server(answer, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            return await make_probe(spec, "127.0.0.1", port)(1.0)
+
+    result = asyncio.run(asyncio.wait_for(main(), DEADLINE))
+    assert (result.ok, result.reason) == (False, "body did not match 'ok'")
 
 
 def test_health_shorthand_string():
@@ -173,7 +199,9 @@ def test_cli_health_flags():
     [
         ({"fall": 2}, r"^--health-fall: needs --health"),
         ({"type": "tcp:/x"}, r"^--health: a path goes with http only"),
-        ({"type": "http", "interval": -1.0}, r"^--health-interval: must be > 0"),
+        ({"type": "http", "interval": -1.0}, r"^--health-interval: expected seconds > 0"),
+        ({"type": "tcp", "body": "ok"}, r"^--health-body: only for type http"),
+        ({"type": "http:healthz"}, r"^--health: expected a path like /healthz"),
     ],
 )
 def test_cli_health_mistakes_name_the_flag(flags, message):
@@ -194,7 +222,7 @@ def test_lbkit_l4_help_lists_the_health_flags():
         [sys.executable, "-m", "lbkit", "l4", "--help"], capture_output=True, text=True
     ).stdout
     for flag in ("--health tcp|http[:PATH]", "--health-interval", "--health-timeout",
-                 "--health-rise", "--health-fall", "--health-port"):  # fmt: skip
+                 "--health-rise", "--health-fall", "--health-port", "--health-body"):  # fmt: skip
         assert flag in out
 
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lbkit.health import OutlierConfig, ProbeResult
+from lbkit.health import CheckSpec, OutlierConfig, ProbeResult
 from lbkit.l7.healthrun import HealthRunner, make_probe
 from lbkit.l7.model import (
-    HealthCheck,
     Listen,
     Location,
     RouterConfig,
@@ -27,7 +26,7 @@ from lbkit.l7.tomlconf import parse_router_toml
 from lbkit.lab.errors import LabError
 
 HEAD = RequestHead("GET", "/", "1.1", [("Host", "x.test")], ("198.51.100.2", 1), ("10.0.1.3", 80))
-FAST = HealthCheck(interval=0.01, timeout=0.05, rise=2, fall=3, jitter=0.1)
+FAST = CheckSpec(interval=0.01, timeout=0.05, rise=2, fall=3, jitter=0.1)
 
 
 def toml(pool: dict, source: str = "r.toml") -> RouterConfig:
@@ -61,7 +60,7 @@ def route(r: Router) -> Decision:
 
 
 def test_health_check_table_is_read_into_the_model():
-    """Every key of health_check lands in the pool's HealthCheck; interval etc. as floats."""
+    """Every key of health_check lands in the pool's CheckSpec; interval etc. as floats."""
     cfg = toml(
         {
             "health_check": {
@@ -71,39 +70,38 @@ def test_health_check_table_is_read_into_the_model():
         }
     )  # fmt: skip
     check = cfg.upstreams["p"].health_check
-    assert check == HealthCheck("http", "/ready", "200,204", "ok", 1.0, 0.5, 3, 2, 0.2)
+    assert check == CheckSpec(
+        type="http", path="/ready", expect="200,204", body="ok",
+        interval=1.0, timeout=0.5, rise=3, fall=2, jitter=0.2,
+    )  # fmt: skip
     assert check.origin == "r.toml: pool.p.health_check"
     assert check.describe() == (
         "http GET /ready (200,204) containing 'ok' every 1 s, timeout 0.5 s, rise 3, fall 2"
     )
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("tcp", HealthCheck(type="tcp")),
-        ("http", HealthCheck()),
-        ("http:/up", HealthCheck(path="/up")),
-    ],
-)
-def test_health_check_shorthand_strings(text, expected):
-    """health_check = "tcp" / "http" / "http:/path": the defaults (HAProxy's timings)."""
-    assert toml({"health_check": text}).upstreams["p"].health_check == expected
+def test_health_check_shorthand_string():
+    """health_check = "http:/up": the defaults (HAProxy's timings); every shorthand is in
+    test_health_spec."""
+    check = toml({"health_check": "http:/up"}).upstreams["p"].health_check
+    assert (check, check.origin) == (CheckSpec(path="/up"), "r.toml: pool.p.health_check")
 
 
 @pytest.mark.parametrize(
     ("value", "key", "words"),
     [
         ({"intervall": 1}, "pool.p.health_check.intervall", "unknown key"),
-        ({"type": "icmp"}, "pool.p.health_check.type", "'icmp' is not one of http, tcp"),
+        ({"port": 8080}, "pool.p.health_check.port", "unknown key"),
+        ({"type": "icmp"}, "pool.p.health_check.type", "expected tcp or http, got 'icmp'"),
         ({"path": "healthz"}, "pool.p.health_check.path", "expected a path"),
         ({"expect": "2xx"}, "pool.p.health_check.expect", "bad status list"),
-        ({"rise": 0}, "pool.p.health_check.rise", "rise and fall must be >= 1"),
-        ({"interval": 0}, "pool.p.health_check.interval", "interval must be > 0"),
-        ({"jitter": 1.5}, "pool.p.health_check.jitter", "jitter is a fraction"),
+        ({"rise": 0}, "pool.p.health_check.rise", "expected a whole number >= 1"),
+        ({"interval": 0}, "pool.p.health_check.interval", "expected seconds > 0"),
+        ({"jitter": 1.5}, "pool.p.health_check.jitter", "expected a fraction of the interval"),
         ({"timeout": "1s"}, "pool.p.health_check.timeout", "expected seconds"),
-        ({"type": "tcp", "path": "/x"}, "pool.p.health_check.path", 'only for type = "http"'),
-        ("ping", "pool.p.health_check", "'ping' is not one of tcp, http"),
+        ({"type": "tcp", "path": "/x"}, "pool.p.health_check.path", "only for type http"),
+        ("ping", "pool.p.health_check", "'ping' is not tcp, http or http:/PATH"),
+        (3, "pool.p.health_check", "expected a table"),
     ],
 )
 def test_health_check_mistakes_are_one_line_naming_file_and_key(value, key, words):
@@ -380,7 +378,7 @@ class FakeProbes:
         self.failing: set[str] = set()
         self.made: list[tuple[str, str, str]] = []
 
-    def __call__(self, pool: str, backend: str, check: HealthCheck, address: str):
+    def __call__(self, pool: str, backend: str, check: CheckSpec, address: str):
         self.made.append((pool, backend, address))
 
         async def probe(timeout: float) -> ProbeResult:
@@ -449,7 +447,7 @@ def test_a_reload_keeps_the_state_of_backends_that_stay():
         kept_state = same.pools["p"].checker.machines["api2"].state
         await asyncio.sleep(0)
         assert all(t.cancelled() or t.done() for t in old_tasks)
-        changed = router(upstream("api1", "api2", check=HealthCheck(type="tcp", interval=0.01)))
+        changed = router(upstream("api1", "api2", check=CheckSpec(type="tcp", interval=0.01)))
         runner.replace(changed)
         fresh = changed.pools["p"].checker.machines["api2"].state
         await runner.stop()
@@ -475,8 +473,8 @@ def test_report_keys_backends_by_pool_when_names_repeat():
 
 def test_make_probe_aims_at_the_backend_address():
     """make_probe: a tcp or http probe callable for host:port (no I/O until awaited)."""
-    assert callable(make_probe("p", "a", HealthCheck(type="tcp"), "10.0.1.10:80"))
-    assert callable(make_probe("p", "a", HealthCheck(), "[2001:db8::1]:8080"))
+    assert callable(make_probe("p", "a", CheckSpec(type="tcp"), "10.0.1.10:80"))
+    assert callable(make_probe("p", "a", CheckSpec(), "[2001:db8::1]:8080"))
 
 
 # ------------------------------------------------------------------ the proxy and its admin API

@@ -21,8 +21,7 @@ matplotlib.use("Agg")
 
 import pytest
 
-from lbkit.health import OutlierConfig, predict_detection
-from lbkit.l7.model import HealthCheck
+from lbkit.health import CheckSpec, OutlierConfig, predict_detection
 from lbkit.l7.tomlconf import parse_router_toml
 from lbkit.lab import load_topology
 from lbkit.lab.notebook import labs_dir
@@ -42,7 +41,7 @@ from lbkit.viz.health_lab import (
 
 from ._procs import processes_mentioning
 
-FAST = HealthCheck(type="http", interval=0.2, timeout=0.2, rise=2, fall=3, jitter=0.1)
+FAST = CheckSpec(type="http", interval=0.2, timeout=0.2, rise=2, fall=3, jitter=0.1)
 
 
 def parsed(text: str):

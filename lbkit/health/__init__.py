@@ -5,6 +5,8 @@
 * :mod:`.outlier`: Envoy's outlier detection on live traffic (ejection).
 * :mod:`.passive`: nginx's ``max_fails``/``fail_timeout`` accounting.
 * :mod:`.slowstart`: Envoy's slow-start weight ramp for recovered backends.
+* :mod:`.spec`: one active check as configured (:class:`CheckSpec`) and its
+  parser (:func:`parse_check`), shared by the L4 box and the L7 pools.
 * :mod:`.probes`: TCP and HTTP(S) probes (asyncio) and the loop driving a checker.
 * :mod:`.sim`: the checker driven in simulated time in front of backends that
   fail on a timeline; detection and recovery delays, their predicted
@@ -61,6 +63,7 @@ from .slowstart import (
     supports_slow_start,
     why_no_slow_start,
 )
+from .spec import CheckSpec, CheckSpecError, parse_check
 
 __all__ = [
     "ADMIN_STATES",
@@ -69,6 +72,8 @@ __all__ = [
     "NO_SLOW_START",
     "SLOW_START_ALGORITHMS",
     "BackendHealth",
+    "CheckSpec",
+    "CheckSpecError",
     "DelayWindow",
     "DetectionSample",
     "HealthChecker",
@@ -91,6 +96,7 @@ __all__ = [
     "detection_table",
     "http_check",
     "http_probe",
+    "parse_check",
     "parse_expect",
     "predict_detection",
     "predict_probe_load",

@@ -78,6 +78,9 @@ def add_l4_parser(sub: argparse._SubParsersAction) -> None:
         "--health-expect", metavar="STATUSES", help="http statuses that pass (default 200-399)"
     )
     h.add_argument(
+        "--health-body", metavar="TEXT", help="text an http answer must contain (default: any)"
+    )
+    h.add_argument(
         "--health-interval", type=float, metavar="S", help="seconds between checks (default 2)"
     )
     h.add_argument(
@@ -98,7 +101,7 @@ def add_l4_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
-HEALTH_FLAGS = ("port", "expect", "interval", "timeout", "rise", "fall", "jitter")
+HEALTH_FLAGS = ("port", "expect", "body", "interval", "timeout", "rise", "fall", "jitter")
 
 
 def health_flags(args: argparse.Namespace) -> dict[str, object]:

@@ -19,17 +19,18 @@ Two sources, one shape:
       proto = "udp"
       backends = ["api1", "api2", "api3"]
       # optional: active health checks from the box (absent: none, operator only)
-      health = { type = "http", path = "/healthz", expect = "200-399", interval = 2.0,
-                 timeout = 1.0, rise = 2, fall = 3, jitter = 0.1 }   # port: see below
+      health = { type = "http", path = "/healthz", expect = "200-399", body = "ok",
+                 interval = 2.0, timeout = 1.0, rise = 2, fall = 3, jitter = 0.1 }  # port: below
 
   ``health`` (also ``health = "tcp"`` or ``health = "http:/healthz"`` for the
-  defaults; flags ``--health tcp|http[:PATH]``, ``--health-interval`` ...):
-  ``type`` tcp (a connect) or http (``GET path``, status in ``expect``);
-  ``port`` the port probed on every backend, default the backend's own port
-  of each TCP service, and for a UDP service the backend's first TCP
-  service port (a TCP or HTTP probe cannot reach a UDP port); the rest as
-  :class:`lbkit.health.HealthConfig` (HAProxy's ``inter``, ``rise``,
-  ``fall``; defaults 2 s, 2, 3).
+  defaults; flags ``--health tcp|http[:PATH]``, ``--health-interval`` ...) is
+  read by :func:`lbkit.health.parse_check`, as an L7 pool's ``health_check``:
+  ``type`` tcp (a connect) or http (the default: ``GET path``, status in
+  ``expect``, body containing ``body`` if given); ``port`` the port probed on
+  every backend, default the backend's own port of each TCP service, and for
+  a UDP service the backend's first TCP service port (a TCP or HTTP probe
+  cannot reach a UDP port); the rest as :class:`lbkit.health.HealthConfig`
+  (HAProxy's ``inter``, ``rise``, ``fall``; defaults 2 s, 2, 3).
 
 Every mistake is a :class:`~lbkit.lab.errors.LabError` naming the flag or key.
 """
@@ -41,6 +42,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from lbkit.algorithms import ALGORITHMS
+from lbkit.health.spec import CheckSpec, CheckSpecError, parse_check
 from lbkit.lab.errors import LabError
 
 MODES = ("nat", "dsr", "tunnel")
@@ -64,115 +66,6 @@ class ServiceSpec:
     backends: tuple[BackendSpec, ...]
 
 
-HEALTH_TYPES = ("tcp", "http")
-HEALTH_KEYS = ("type", "path", "expect", "port", "interval", "timeout", "rise", "fall", "jitter")
-
-
-@dataclass(frozen=True)
-class HealthSpec:
-    """The box's active health check, as configured (defaults: HAProxy's, as HealthConfig).
-
-    ``port`` None: each backend is probed on its own port of each TCP
-    service (see :func:`lbkit.l4.health.plan_checks` for UDP services).
-    """
-
-    type: str
-    path: str = "/healthz"
-    expect: str = "200-399"
-    port: int | None = None
-    interval: float = 2.0
-    timeout: float = 1.0
-    rise: int = 2
-    fall: int = 3
-    jitter: float = 0.1
-
-    def describe(self) -> str:
-        """``http GET /healthz (200-399) every 2 s (timeout 1 s), rise 2, fall 3``: for /stats."""
-        what = f"http GET {self.path} ({self.expect})" if self.type == "http" else "tcp connect"
-        port = f" on port {self.port}" if self.port else ""
-        return (
-            f"{what}{port} every {self.interval:g} s (timeout {self.timeout:g} s), "
-            f"rise {self.rise}, fall {self.fall}"
-        )
-
-
-def _number(value: object, what: str, *, integer: bool = False) -> float:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise LabError(f"{what}: expected {'an integer' if integer else 'a number'}, got {value!r}")
-    return value  # type: ignore[return-value]
-
-
-def parse_health_shorthand(text: str, what: str) -> dict[str, object]:
-    """``tcp``, ``http`` or ``http:/path`` -> the table it stands for."""
-    kind, sep, path = text.partition(":")
-    if kind not in HEALTH_TYPES:
-        raise LabError(f"{what}: {text!r} is not tcp, http or http:/PATH")
-    if sep and kind != "http":
-        raise LabError(f"{what}: a path goes with http only (http:{path})")
-    return {"type": kind, "path": path} if sep else {"type": kind}
-
-
-def parse_health(table: object, name: Callable[[str], str]) -> HealthSpec:
-    """A health table (or its shorthand string) -> :class:`HealthSpec`.
-
-    ``name(key)`` says how the user wrote ``key`` (``x.toml: hosts.lb.options.health.fall``
-    or ``--health-fall``): every error is one line starting with it.
-    """
-    if isinstance(table, str):
-        table = parse_health_shorthand(table, name("type"))
-    if not isinstance(table, Mapping):
-        raise LabError(f'{name("")}: expected a table like {{ type = "http" }} or "tcp"')
-    unknown = sorted(set(table) - set(HEALTH_KEYS))
-    if unknown:
-        raise LabError(f"{name(unknown[0])}: unknown key (known: {', '.join(HEALTH_KEYS)})")
-    kind = table.get("type")
-    if kind not in HEALTH_TYPES:
-        got = "missing" if kind is None else f"got {kind!r}"
-        raise LabError(f"{name('type')}: must be tcp or http ({got})")
-    out: dict[str, object] = {"type": kind}
-    for key in ("path", "expect"):
-        if key not in table:
-            continue
-        if kind != "http":
-            raise LabError(f"{name(key)}: only for type http (a tcp check sends no request)")
-        value = table[key]
-        if key == "expect":
-            from lbkit.health.probes import parse_expect
-
-            if isinstance(value, bool) or not isinstance(value, (str, int)):
-                raise LabError(f'{name(key)}: expected statuses like "200-399" or 200')
-            try:
-                parse_expect(value)
-            except ValueError as e:
-                raise LabError(f"{name(key)}: {e}") from None
-            out[key] = str(value)
-        elif not isinstance(value, str) or not value.startswith("/") or " " in value:
-            raise LabError(f"{name(key)}: expected a path like /healthz, got {value!r}")
-        else:
-            out[key] = value
-    if "port" in table:
-        out["port"] = _port(table["port"], name("port"))
-    for key in ("interval", "timeout"):
-        if key in table:
-            value = float(_number(table[key], name(key)))
-            if not value > 0:
-                raise LabError(f"{name(key)}: must be > 0 seconds, got {table[key]!r}")
-            out[key] = value
-    for key in ("rise", "fall"):
-        if key in table:
-            value = int(_number(table[key], name(key), integer=True))
-            if value < 1:
-                raise LabError(f"{name(key)}: must be >= 1, got {value}")
-            out[key] = value
-    if "jitter" in table:
-        value = float(_number(table["jitter"], name("jitter")))
-        if not 0 <= value < 1:
-            raise LabError(f"{name('jitter')}: a fraction of the interval in [0, 1), got {value}")
-        out["jitter"] = value
-    return HealthSpec(**out)  # type: ignore[arg-type]
-
-
 @dataclass(frozen=True)
 class L4Config:
     iface: str
@@ -183,7 +76,7 @@ class L4Config:
     algorithm: str = "maglev"
     admin: tuple[str, int] = ADMIN
     extra: dict = field(default_factory=dict)
-    health: HealthSpec | None = None
+    health: CheckSpec | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -297,8 +190,8 @@ def from_cli(
         raise
 
 
-def _health_from_flags(flags: dict[str, object]) -> HealthSpec:
-    """``--health SPEC`` plus ``--health-KEY VALUE`` flags -> :class:`HealthSpec`."""
+def _health_from_flags(flags: dict[str, object]) -> CheckSpec:
+    """``--health SPEC`` plus ``--health-KEY VALUE`` flags -> :class:`~lbkit.health.CheckSpec`."""
 
     def flag(key: str) -> str:
         return "--health" if key in ("type", "path", "") else f"--health-{key}"
@@ -307,8 +200,17 @@ def _health_from_flags(flags: dict[str, object]) -> HealthSpec:
     if spec is None:
         given = sorted(flags)
         raise LabError(f"{flag(given[0])}: needs --health tcp|http[:PATH] to turn checks on")
-    table = {**parse_health_shorthand(str(spec), "--health"), **flags}
-    return parse_health(table, flag)
+    base = _parse_health(str(spec), flag)
+    shorthand = {"type": base.type, **({"path": base.path} if base.type == "http" else {})}
+    return _parse_health({**shorthand, **flags}, flag)
+
+
+def _parse_health(value: object, name: Callable[[str], str]) -> CheckSpec:
+    """:func:`lbkit.health.parse_check`, its error one line starting with ``name(key)``."""
+    try:
+        return parse_check(value)
+    except CheckSpecError as e:
+        raise LabError(f"{name(e.key)}: {e.message}") from None
 
 
 def from_topology(topology, host) -> L4Config:
@@ -353,8 +255,8 @@ def from_topology(topology, host) -> L4Config:
         raise LabError(f"{key}.{e}") from None
 
 
-def _health_option(opts: Mapping[str, object]) -> HealthSpec | None:
+def _health_option(opts: Mapping[str, object]) -> CheckSpec | None:
     """The ``health`` option; errors name ``health.KEY`` (from_topology adds the rest)."""
     if "health" not in opts:
         return None
-    return parse_health(opts["health"], lambda k: f"health.{k}" if k else "health")
+    return _parse_health(opts["health"], lambda k: f"health.{k}" if k else "health")

@@ -42,6 +42,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from lbkit.health import (
+    CheckSpec,
     HealthChecker,
     HealthConfig,
     Probe,
@@ -51,7 +52,7 @@ from lbkit.health import (
     tcp_check,
 )
 
-from .config import HealthSpec, ServiceSpec
+from .config import ServiceSpec
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Check:
         return self.ip if self.port is None else f"{self.ip}:{self.port}"
 
 
-def plan_checks(services: Sequence[ServiceSpec], spec: HealthSpec | None) -> list[Check]:
+def plan_checks(services: Sequence[ServiceSpec], spec: CheckSpec | None) -> list[Check]:
     """The checks for ``services``: one per distinct backend ``(address, port)``.
 
     The port probed is ``spec.port`` if set, else the backend's own port of
@@ -132,23 +133,15 @@ def plan_checks(services: Sequence[ServiceSpec], spec: HealthSpec | None) -> lis
     ]
 
 
-def health_config(spec: HealthSpec | None) -> HealthConfig:
+def health_config(spec: CheckSpec | None) -> HealthConfig:
     """The core's :class:`~lbkit.health.HealthConfig` for ``spec`` (defaults for None)."""
-    if spec is None:
-        return HealthConfig()
-    return HealthConfig(
-        rise=spec.rise,
-        fall=spec.fall,
-        interval=spec.interval,
-        timeout=spec.timeout,
-        jitter=spec.jitter,
-    )
+    return HealthConfig() if spec is None else spec.config()
 
 
-def make_probe(spec: HealthSpec, ip: str, port: int) -> Probe:
+def make_probe(spec: CheckSpec, ip: str, port: int) -> Probe:
     """The probe ``spec`` describes, aimed at ``ip:port``."""
     if spec.type == "http":
-        return http_check(ip, port, spec.path, expect=spec.expect)
+        return http_check(ip, port, spec.path, expect=spec.expect, body_match=spec.body)
     return tcp_check(ip, port)
 
 
@@ -203,7 +196,7 @@ class L4Health:
     def __init__(
         self,
         services: Sequence[ServiceSpec],
-        spec: HealthSpec | None,
+        spec: CheckSpec | None,
         apply: Callable[[Check, str], object],
         *,
         probes: Mapping[str, Probe] | None = None,

@@ -39,9 +39,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lbkit.health import Probe, Transition, http_check, run_checks, tcp_check
+from lbkit.health import CheckSpec, Probe, Transition, http_check, run_checks, tcp_check
 
-from .model import HealthCheck
 from .pools import Pool, split_address
 
 log = logging.getLogger(__name__)
@@ -53,12 +52,12 @@ REPORT_EVENTS = 50
 
 Clock = Callable[[], float]
 #: ``(pool, backend, check, address) -> Probe``: how a backend is probed (tests pass fakes).
-ProbeFactory = Callable[[str, str, HealthCheck, str], Probe]
+ProbeFactory = Callable[[str, str, CheckSpec, str], Probe]
 #: Told each pool event: ``(pool name, transition)``.
 EventSink = Callable[[str, Transition], object]
 
 
-def make_probe(pool: str, backend: str, check: HealthCheck, address: str) -> Probe:
+def make_probe(pool: str, backend: str, check: CheckSpec, address: str) -> Probe:
     """The probe ``check`` describes, aimed at ``address`` (``host:port``)."""
     host, port = split_address(address)
     if check.type == "tcp":

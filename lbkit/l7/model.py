@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lbkit.health import HealthConfig, OutlierConfig
+from lbkit.health import CheckSpec, OutlierConfig
 
 #: nginx ``location`` modifiers: "" prefix, "=" exact, "^~" prefix that stops the
 #: regex search, "~" regex, "~*" case-insensitive regex (ngx_http_core_find_location).
@@ -35,53 +35,6 @@ class UpstreamServer:
     origin: str = ""
 
 
-#: Health-check kinds: a TCP connect, or an HTTP GET judged by status (and body).
-CHECK_TYPES = ("http", "tcp")
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    """A pool's active health check (lbkit's TOML ``health_check = {...}``).
-
-    ``type`` ``tcp`` passes when a connection opens; ``http`` sends ``GET path``
-    and passes on a status in ``expect`` (``"200-399"``, ``"200,204"``) whose
-    body contains ``body`` when given. The rest is :class:`lbkit.health.HealthConfig`
-    (HAProxy's ``inter``/``rise``/``fall`` defaults). Equality ignores ``origin``:
-    two equal checks probe alike (a reload keeps the state of an unchanged one).
-    """
-
-    type: str = "http"
-    path: str = "/healthz"
-    expect: str = "200-399"
-    body: str | None = None
-    interval: float = 2.0
-    timeout: float = 1.0
-    rise: int = 2
-    fall: int = 3
-    jitter: float = 0.1
-    origin: str = field(default="", compare=False)
-
-    def config(self) -> HealthConfig:
-        """The state machine's settings (raises ValueError for out-of-range values)."""
-        return HealthConfig(
-            rise=self.rise,
-            fall=self.fall,
-            interval=self.interval,
-            timeout=self.timeout,
-            jitter=self.jitter,
-        )
-
-    def describe(self) -> str:
-        """``http GET /healthz (200-399) every 2 s, timeout 1 s, rise 2, fall 3``."""
-        what = "tcp connect" if self.type == "tcp" else f"http GET {self.path} ({self.expect})"
-        if self.type == "http" and self.body is not None:
-            what += f" containing {self.body!r}"
-        return (
-            f"{what} every {self.interval:g} s, timeout {self.timeout:g} s, "
-            f"rise {self.rise}, fall {self.fall}"
-        )
-
-
 @dataclass
 class Upstream:
     """A pool: nginx ``upstream NAME { ... }``."""
@@ -93,8 +46,9 @@ class Upstream:
     algorithm: str = "weighted_round_robin"
     hash_key: str | None = None  # the nginx variable expression of ``hash KEY``
     origin: str = ""
-    #: Active checks of every server (lbkit's TOML only: nginx OSS has none).
-    health_check: HealthCheck | None = None
+    #: Active checks of every server (lbkit's TOML only: nginx OSS has none); no ``port``:
+    #: each server is probed at its own address.
+    health_check: CheckSpec | None = None
     #: Envoy's outlier detection on the pool's live traffic (lbkit's TOML only).
     outlier: OutlierConfig | None = None
     #: Seconds over which a backend back from a failed check regains its weight (0: off;

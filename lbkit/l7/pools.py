@@ -71,6 +71,7 @@ from collections.abc import Callable, Collection
 from lbkit.algorithms import Backend, Flow, NoBackendAvailable, make_balancer
 from lbkit.health import (
     EFFECTIVE,
+    CheckSpec,
     HealthChecker,
     OutlierDetector,
     PassiveHealth,
@@ -78,7 +79,7 @@ from lbkit.health import (
     Transition,
 )
 
-from .model import HealthCheck, Upstream, UpstreamServer
+from .model import Upstream, UpstreamServer
 from .retry import RetryBudget
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -197,7 +198,7 @@ class Pool:
         #: Called with (pool, transition) for each event (the adapter logs them).
         self.on_event: Callable[[Pool, Transition], object] | None = None
         #: The active check, and its state machines (probes: lbkit.l7.healthrun).
-        self.check: HealthCheck | None = upstream.health_check
+        self.check: CheckSpec | None = upstream.health_check
         self.checker: _PoolChecker | None = None
         if self.check is not None:
             self.checker = _PoolChecker(self, names, self.check.config(), seed=seed)

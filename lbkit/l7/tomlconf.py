@@ -90,13 +90,12 @@ from pathlib import Path
 from typing import Any
 
 from lbkit.algorithms import ALGORITHMS
-from lbkit.health import OutlierConfig, parse_expect, why_no_slow_start
+from lbkit.health import CheckSpec, CheckSpecError, OutlierConfig, parse_check, why_no_slow_start
+from lbkit.health.spec import ALL_FIELDS as ALL_CHECK_FIELDS
 from lbkit.lab.errors import LabError
 
 from .model import (
-    CHECK_TYPES,
     HeaderMatch,
-    HealthCheck,
     Limits,
     Listen,
     Location,
@@ -119,7 +118,8 @@ ROUTE = {
     "set_headers", "next_upstream", "next_upstream_tries",
 }  # fmt: skip
 POOL = {"algorithm", "hash_key", "servers", "health_check", "outlier", "slow_start"}
-HEALTH_CHECK = {f.name for f in fields(HealthCheck)} - {"origin"}
+#: A pool's health_check takes every check field but port (each server's address has it).
+HEALTH_CHECK = tuple(f for f in ALL_CHECK_FIELDS if f != "port")
 OUTLIER = {f.name for f in fields(OutlierConfig)}
 BACKEND = {"address", "name", "weight", "backup", "down", "max_fails", "fail_timeout", "max_conns"}
 SPLIT = {"pool", "percent", "force_header", "sticky"}
@@ -377,55 +377,13 @@ def _pool(r: _Reader, name: str, value: Any) -> Upstream:
     return up
 
 
-def _health_check(r: _Reader, value: Any, key: str) -> HealthCheck:
-    """``health_check``: a table of :class:`HealthCheck` fields, or ``"tcp"``, ``"http"``,
-    ``"http:/path"`` for the defaults."""
-    if isinstance(value, str):
-        kind, _, path = value.partition(":")
-        value = {"type": kind, **({"path": path} if path else {})}
-        if kind not in CHECK_TYPES:
-            raise r.fail(key, f"{kind!r} is not one of tcp, http (or a table)")
-    r.table(value, key, HEALTH_CHECK)
-    kind = value.get("type", "http")
-    if kind not in CHECK_TYPES:
-        raise r.fail(f"{key}.type", f"{kind!r} is not one of {', '.join(CHECK_TYPES)}")
-    options: dict[str, Any] = {"type": kind}
-    for name, kinds, what in (
-        ("path", str, "a path like /healthz"),
-        ("expect", (str, int), 'a status list like "200-399"'),
-        ("body", str, "text the answer must contain"),
-        ("interval", (int, float), "seconds"),
-        ("timeout", (int, float), "seconds"),
-        ("jitter", (int, float), "a fraction of the interval in [0, 1)"),
-        ("rise", int, "a count >= 1"),
-        ("fall", int, "a count >= 1"),
-    ):
-        if name in value:
-            options[name] = r.typed(value[name], f"{key}.{name}", kinds, what)
-    if kind == "tcp":
-        extra = next((k for k in ("path", "expect", "body") if k in value), None)
-        if extra is not None:
-            raise r.fail(f"{key}.{extra}", 'only for type = "http" (a tcp check sends nothing)')
-    path = options.get("path", "/healthz")
-    if not path.startswith("/") or any(c in path for c in " \r\n"):
-        raise r.fail(f"{key}.path", f"expected a path like /healthz, got {path!r}")
-    if "expect" in options:
-        options["expect"] = str(options["expect"])
-        try:
-            parse_expect(options["expect"])
-        except ValueError as e:
-            raise r.fail(f"{key}.expect", str(e)) from None
-    for name in ("interval", "timeout", "jitter"):
-        if name in options:
-            options[name] = float(options[name])
-    check = HealthCheck(**options, origin=f"{r.source}: {key}")
+def _health_check(r: _Reader, value: Any, key: str) -> CheckSpec:
+    """``health_check``: a table of :class:`~lbkit.health.CheckSpec` fields (no ``port``),
+    or ``"tcp"``, ``"http"``, ``"http:/path"`` for the defaults."""
     try:
-        check.config()
-    except ValueError as e:
-        message = str(e)
-        field_name = next((n for n in HEALTH_CHECK if message.startswith(n)), None)
-        raise r.fail(f"{key}.{field_name}" if field_name else key, message) from None
-    return check
+        return parse_check(value, allowed=HEALTH_CHECK, origin=f"{r.source}: {key}")
+    except CheckSpecError as e:
+        raise r.fail(f"{key}.{e.key}" if e.key else key, e.message) from None
 
 
 def _outlier(r: _Reader, value: Any, key: str) -> OutlierConfig:

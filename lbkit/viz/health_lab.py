@@ -25,7 +25,7 @@ balancer's checks took ``api2`` out. Three kinds of function, as in
 The check settings of the live lesson (:data:`LIVE_CHECK`: 1 s interval,
 0.5 s timeout, rise 2, fall 3) are the simulation's defaults scaled down so
 that a lesson takes seconds; the router reads the same
-:class:`lbkit.l7.model.HealthCheck` the TOML ``health_check`` makes.
+:class:`lbkit.health.CheckSpec` the TOML ``health_check`` makes.
 """
 
 from __future__ import annotations
@@ -43,9 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from lbkit.health import DelayWindow, predict_detection
+from lbkit.health import CheckSpec, DelayWindow, predict_detection
 from lbkit.health.sim import Traffic, probe_outcome, request_outcome
-from lbkit.l7.model import HealthCheck
 from lbkit.lab.notebook import labs_dir, notebook_state_dir
 
 if TYPE_CHECKING:
@@ -64,7 +63,7 @@ API_SERVERS: tuple[tuple[str, str], ...] = (
 #: The L7 hosts of the layered lab; both serve the same router file.
 ALBS: tuple[str, ...] = ("alb1", "alb2")
 #: The live lesson's check: HAProxy's rise 2 / fall 3, at a 1 s interval and a 0.5 s timeout.
-LIVE_CHECK = HealthCheck(type="http", interval=1.0, timeout=0.5, rise=2, fall=3, jitter=0.1)
+LIVE_CHECK = CheckSpec(type="http", interval=1.0, timeout=0.5, rise=2, fall=3, jitter=0.1)
 #: How long the router waits for a backend's answer (so a hanging backend costs 2 s, not 60).
 READ_TIMEOUT = 2.0
 #: Seconds of slack between the router's clock and the client's when comparing times.
@@ -74,11 +73,13 @@ FILES = "files"
 
 
 # ------------------------------------------------------------------- router files
-def check_toml(check: HealthCheck) -> str:
+def check_toml(check: CheckSpec) -> str:
     """``check`` as the TOML inline table of a pool's ``health_check``."""
     fields = [f'type = "{check.type}"']
     if check.type == "http":
         fields += [f'path = "{check.path}"', f'expect = "{check.expect}"']
+        if check.body is not None:
+            fields.append(f"body = {json.dumps(check.body)}")
     fields += [
         f"interval = {check.interval!r}",
         f"timeout = {check.timeout!r}",
@@ -104,7 +105,7 @@ def _inline(table: Mapping[str, object]) -> str:
 
 
 def router_toml(
-    check: HealthCheck | None = LIVE_CHECK,
+    check: CheckSpec | None = LIVE_CHECK,
     *,
     retries: bool = False,
     max_fails: int = 0,
@@ -416,12 +417,12 @@ class Load:
 
 
 # --------------------------------------------------------------------- one lesson
-def _probe_fails(check: HealthCheck, mode: str) -> tuple[bool, str]:
+def _probe_fails(check: CheckSpec, mode: str) -> tuple[bool, str]:
     res = probe_outcome(check.type, mode, timeout=check.timeout, probe_time=0.0)
     return not res.ok, res.reason
 
 
-def hangs(check: HealthCheck | None, mode: str) -> bool:
+def hangs(check: CheckSpec | None, mode: str) -> bool:
     """Whether ``check``'s probes of a backend in ``mode`` time out (rather than fail fast)."""
     if check is None:
         return False
@@ -429,7 +430,7 @@ def hangs(check: HealthCheck | None, mode: str) -> bool:
     return failed and reason.startswith("timeout")
 
 
-def detects(check: HealthCheck | None, mode: str) -> bool:
+def detects(check: CheckSpec | None, mode: str) -> bool:
     """Whether ``check`` fails a backend in ``mode`` (so that it is marked DOWN in the end)."""
     return check is not None and _probe_fails(check, mode)[0]
 
@@ -439,7 +440,7 @@ def clients_fail(mode: str) -> bool:
     return request_outcome(mode, Traffic())[0] != "ok"
 
 
-def expected_event(check: HealthCheck | None, mode: str, outlier: object = None) -> str | None:
+def expected_event(check: CheckSpec | None, mode: str, outlier: object = None) -> str | None:
     """The transition that takes a backend in ``mode`` out: ``down`` (the check sees it),
     ``ejected`` (outlier detection sees the clients' failures), or None (nothing does)."""
     if detects(check, mode):
@@ -464,7 +465,7 @@ class LiveRun:
     :func:`lbkit.health.predict_detection` for the check (None without one).
     """
 
-    check: HealthCheck | None
+    check: CheckSpec | None
     mode: str
     backend: str
     switched: float
@@ -545,7 +546,7 @@ class LiveRun:
 
 def live_failure(
     lab: Lab,
-    check: HealthCheck | None,
+    check: CheckSpec | None,
     mode: str,
     *,
     backend: str = "api2",
