@@ -286,16 +286,20 @@ def test_sighup_reloads_like_lbkit_l7(lab):
     assert fetch(lab, "alb1", "/", "-A", "iPhone")[0]["x-backend"] == "mobile1"
 
 
-def test_health_op_answers_without_active_checks(lab):
-    """health: the L4 tier's format; router.toml has no health_check, so no checks, every
-    backend up with health None; Lab.health() lists the albs and the placeholder nlb."""
+def test_health_op_reports_the_api_pools_checks(lab):
+    """health: the L4 tier's format; router.toml checks the api pool over HTTP (every 2 s),
+    so api1 comes UP (unknown counts as up meanwhile), while pools without checks report
+    health None; Lab.health() lists the albs and the placeholder nlb."""
     reply = send_control(lab.control_path("alb1"), {"op": "health"})
-    assert reply["ok"] and reply["host"] == "alb1" and reply["checks"] is None
+    assert reply["ok"] and reply["host"] == "alb1"
+    assert reply["checks"] == {"api": "http GET /healthz (200-399) every 2 s, timeout 1 s, "
+                                      "rise 2, fall 3"}  # fmt: skip
     api1 = reply["backends"]["api1"]
-    assert (api1["state"], api1["pool"], api1["health"]) == ("up", "api", None)
+    assert (api1["state"], api1["pool"]) == ("up", "api") and api1["health"] in ("unknown", "up")
+    assert reply["backends"]["static1"]["health"] is None
     doc = lab.health()
     assert set(doc) == {"nlb", "alb1", "alb2"}
-    assert doc["alb2"]["role"] == "l7" and doc["alb2"]["checks"] is None
+    assert doc["alb2"]["role"] == "l7" and set(doc["alb2"]["checks"]) == {"api"}
     assert doc["nlb"]["checks"] is None and "unknown op" in doc["nlb"]["note"]
 
 
