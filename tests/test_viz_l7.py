@@ -408,7 +408,7 @@ def test_check_routes_accepts_the_truth_and_hints_otherwise():
 def test_check_routes_asks_for_every_letter_and_real_pools():
     """Missing letters and unknown pool names are pointed out."""
     assert "missing: g" in str(check_routes({k: "api" for k in "abcdef"}))
-    assert "use the pool names" in str(check_routes({k: "web" for k in ROUTE_QUESTIONS}))
+    assert "answer a pool name (api, app" in str(check_routes({k: "web" for k in ROUTE_QUESTIONS}))
     assert not check_routes(None)
 
 

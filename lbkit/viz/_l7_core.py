@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .exercises import Verdict, _say
+from .exercises import Verdict, check_letter_answers
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -286,30 +286,17 @@ def route_truth(path: str | Path = ROUTER_TOML) -> dict[str, str]:
 
 def check_routes(answer: Mapping[str, str] | None) -> Verdict:
     """The exercise: ``{"a": "api", ...}``, a pool name for every request."""
-    truth = route_truth()
-    if not answer:
-        return _say(False, "map every letter to a pool name, e.g. {'a': 'api', 'b': 'static'}")
-    given = {str(k).strip().lower().strip("()"): str(v).strip().lower() for k, v in answer.items()}
-    missing = sorted(set(truth) - set(given))
-    if missing:
-        return _say(False, f"answer every request; missing: {', '.join(missing)}")
-    unknown = sorted(set(given) - set(truth))
-    if unknown:
-        return _say(False, f"{', '.join(unknown)}: not a request (letters a to {max(truth)})")
-    pools = set(load_router().pools)
-    bad = sorted(k for k, v in given.items() if v not in pools)
-    if bad:
-        return _say(False, f"use the pool names {', '.join(sorted(pools))}; check {', '.join(bad)}")
-    wrong = sum(given[k] != v for k, v in truth.items())
-    if wrong:
-        return _say(
-            False,
-            f"{wrong} not right yet. The router decides in nginx's order: first the server "
-            "block, by Host (an unknown Host gets the default server); then the location, the "
-            "longest prefix of the path that matches; only among routes with the same path do "
-            "header conditions choose.",
-        )
-    return _say(True, "")
+    pools = sorted(load_router().pools)
+    return check_letter_answers(
+        answer,
+        route_truth(),
+        {p: p for p in pools},
+        what="request",
+        how=f"a pool name ({', '.join(pools)})",
+        wrong_hint="The router decides in nginx's order: first the server block, by Host (an "
+        "unknown Host gets the default server); then the location, the longest prefix of the "
+        "path that matches; only among routes with the same path do header conditions choose.",
+    )
 
 
 # ------------------------------------------------------------------ nginx -t

@@ -9,7 +9,7 @@ exercises cannot drift from the code they teach.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -44,6 +44,46 @@ class Verdict:
 
 def _say(ok: bool, hint: str) -> Verdict:
     return Verdict(ok, "correct" if ok else f"not yet: {hint}")
+
+
+def check_letter_answers(
+    answer: Mapping[str, object] | None,
+    truth: Mapping[str, str],
+    words: Mapping[str, str],
+    *,
+    what: str,
+    how: str,
+    wrong_hint: str,
+    before_counting: Callable[[dict[str, str]], str | None] | None = None,
+) -> Verdict:
+    """The checker of a "give each letter a word" exercise.
+
+    ``truth`` maps each letter to the right word; ``words`` maps every accepted
+    spelling (lower case) to the word it means. ``what`` names the items
+    ("situation", "request"), ``how`` says what to answer ("'L4' or 'L7'").
+    The hints come in order: nothing given, letters missing, letters unknown,
+    spellings not accepted, then ``before_counting(words given)`` (a hint for
+    a typical slip, or None), then how many are wrong with ``wrong_hint``.
+    """
+    if not answer:
+        return _say(False, f"map every letter to {how}, e.g. {{'a': ..., 'b': ...}}")
+    given = {str(k).strip().lower().strip("()"): str(v).strip().lower() for k, v in answer.items()}
+    missing = sorted(set(truth) - set(given))
+    if missing:
+        return _say(False, f"answer every {what}; missing: {', '.join(missing)}")
+    unknown = sorted(set(given) - set(truth))
+    if unknown:
+        return _say(False, f"{', '.join(unknown)}: not a {what} (letters a to {max(truth)})")
+    bad = sorted(k for k, v in given.items() if v not in words)
+    if bad:
+        return _say(False, f"answer {how}; check {', '.join(bad)}")
+    meant = {k: words[v] for k, v in given.items()}
+    if before_counting is not None and (hint := before_counting(meant)):
+        return _say(False, hint)
+    wrong = sum(meant[k] != v for k, v in truth.items())
+    if wrong:
+        return _say(False, f"{wrong} not right yet. {wrong_hint}")
+    return _say(True, "")
 
 
 def wrr_truth(weights: Sequence[int] = (3, 1), n: int = 8) -> str:
@@ -205,25 +245,14 @@ def l4_or_l7_choices() -> None:
 
 def check_l4_or_l7(answer: dict[str, str] | None) -> Verdict:
     """Chapter 2: ``{"a": "L4", "b": "L7", ...}`` for every situation (NLB/ALB accepted too)."""
-    if not answer:
-        return _say(False, "map every letter to 'L4' or 'L7', e.g. {'a': 'L4', 'b': 'L7', ...}")
-    given = {str(k).strip().lower().strip("()"): str(v).strip().lower() for k, v in answer.items()}
-    missing = sorted(set(L4_OR_L7_SITUATIONS) - set(given))
-    if missing:
-        return _say(False, f"answer every situation; missing: {', '.join(missing)}")
-    unknown = sorted(k for k in given if k not in L4_OR_L7_SITUATIONS)
-    if unknown:
-        return _say(False, f"{', '.join(unknown)}: not a situation (letters a to h)")
-    bad = sorted(k for k, v in given.items() if v not in _LAYER_WORDS)
-    if bad:
-        return _say(False, f"answer with 'L4' or 'L7' (or 'NLB', 'ALB'); check {', '.join(bad)}")
-    wrong = sum(_LAYER_WORDS[given[k]] != layer for k, (_t, layer) in L4_OR_L7_SITUATIONS.items())
-    if wrong:
-        return _say(
-            False,
-            f"{wrong} not right yet. For each, ask: must the balancer read something after the "
-            "TCP or UDP header (a path, a header, a cookie, a status code)? Then only L7 can. "
-            "Is it not HTTP at all, or must the bytes reach the backend as the client sent "
-            "them? Then L4.",
-        )
-    return _say(True, "")
+    truth = {k: layer for k, (_text, layer) in L4_OR_L7_SITUATIONS.items()}
+    return check_letter_answers(
+        answer,
+        truth,
+        _LAYER_WORDS,
+        what="situation",
+        how="'L4' or 'L7' (or 'NLB', 'ALB')",
+        wrong_hint="For each, ask: must the balancer read something after the TCP or UDP "
+        "header (a path, a header, a cookie, a status code)? Then only L7 can. Is it not HTTP "
+        "at all, or must the bytes reach the backend as the client sent them? Then L4.",
+    )

@@ -37,7 +37,7 @@ from lbkit.health.sim import (
 )
 
 from .algorithms import _new, _save
-from .exercises import Verdict, _say
+from .exercises import Verdict, _say, check_letter_answers
 
 #: Health states as colored bands.
 STATE_COLORS: dict[str, str] = {"up": "#2a9d8f", "down": "#e63946", "unknown": "#adb5bd"}
@@ -579,29 +579,21 @@ def which_check_truth(timeout: float = DETECTION_EXERCISE.timeout) -> dict[str, 
 
 def check_which_check(answer: Mapping[str, str] | None) -> Verdict:
     """Exercise 2: ``{"a": "both" | "http" | "tcp" | "neither", ...}`` for every failure."""
-    if not answer:
-        return _say(False, "map every letter to 'both', 'http', 'tcp' or 'neither'")
-    given = {str(k).strip().lower().strip("()"): str(v).strip().lower() for k, v in answer.items()}
-    unknown = sorted(k for k in given if k not in FAILURE_CHOICES)
-    if unknown:
-        return _say(False, f"{', '.join(unknown)}: not a failure (letters a to f)")
-    missing = sorted(set(FAILURE_CHOICES) - set(given))
-    if missing:
-        return _say(False, f"answer every failure; missing: {', '.join(missing)}")
-    bad = sorted(k for k, v in given.items() if v not in _CHECK_WORDS)
-    if bad:
-        return _say(False, f"answer 'both', 'http', 'tcp' or 'neither'; check {', '.join(bad)}")
-    words = {k: _CHECK_WORDS[v] for k, v in given.items()}
-    if "tcp" in words.values():
-        return _say(False, "a TCP check fails only when the connection cannot be opened; "
-                           "would an HTTP check get an answer then?")  # fmt: skip
-    truth = which_check_truth()
-    wrong = sum(words[k] != v for k, v in truth.items())
-    if wrong:
-        return _say(
-            False,
-            f"{wrong} not right yet. For each, ask: does the connection open (if not, every "
-            "check fails)? Does GET /healthz get a 2xx or 3xx within the 1 s timeout? The "
-            "checks judge only what they probe, not what real requests get.",
-        )
-    return _say(True, "")
+
+    def tcp_slip(meant: dict[str, str]) -> str | None:
+        if "tcp" in meant.values():
+            return ("a TCP check fails only when the connection cannot be opened; would an "
+                    "HTTP check get an answer then?")  # fmt: skip
+        return None
+
+    return check_letter_answers(
+        answer,
+        which_check_truth(),
+        _CHECK_WORDS,
+        what="failure",
+        how="'both', 'http', 'tcp' or 'neither'",
+        wrong_hint="For each, ask: does the connection open (if not, every check fails)? Does "
+        "GET /healthz get a 2xx or 3xx within the 1 s timeout? The checks judge only what "
+        "they probe, not what real requests get.",
+        before_counting=tcp_slip,
+    )
