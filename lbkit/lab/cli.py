@@ -249,6 +249,7 @@ def _up(args: argparse.Namespace) -> int:
         if lab.provider == "netns":
             stats = f"{me()} lab exec {routers[0]} -- {stats}"
         hints.append((f"{routers[0]}'s admin API", stats))
+        hints.append(("backends as the balancers see them", f"{me()} lab health"))
     url, _ = lab.forward(entry)
     hints.append((f"open {entry} in your browser", url))
     if args.course:
