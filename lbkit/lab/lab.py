@@ -183,7 +183,6 @@ class Lab:
                 _off_running_loop(lambda: self._build(state))
             say("starting hosts")
             self._start_hosts(state)
-            self._wait_ready(state)
         except BaseException:
             self.down()
             raise
@@ -262,8 +261,15 @@ class Lab:
         return []
 
     def _start_hosts(self, state: LabState) -> None:
-        for host in self.topology.hosts.values():
-            self._start_host(state, host.name)
+        """Start the backends (and clients) first and wait for them, then the balancers:
+        a balancer's first health checks must not meet backends still starting (each
+        would begin with a false "DOWN after 1 failure: connection refused")."""
+        balancers = [h.name for h in self.topology.hosts.values() if h.role in ("l4", "l7")]
+        first = [name for name in self.topology.hosts if name not in balancers]
+        for wave in (first, balancers):
+            for name in wave:
+                self._start_host(state, name)
+            self._wait_ready(state, only=wave)
 
     def _start_host(self, state: LabState, name: str) -> None:
         logs = self.state_dir / "hosts"
