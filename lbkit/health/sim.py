@@ -688,6 +688,25 @@ def _residual(period: float, spread: float) -> float:
     return (period * period + spread * spread / 3.0) / (2.0 * period)
 
 
+def _streak_window(
+    period: float, before: float, count: int, step: float, each: float, jitter: float
+) -> DelayWindow:
+    """When ``count`` checks in a row, of ``each`` seconds apiece, have all seen a change.
+
+    Checks run ``period`` apart (``± jitter``) before the change, each previous one
+    lasting ``before``; the first check to see the change starts 0 .. ``period(1+j) +
+    before`` after it (mean: the residual wait, :func:`_residual`); the other
+    ``count - 1`` follow ``step(1 ± j)`` apart, and each of the ``count`` takes ``each``.
+    """
+    steps = (count - 1) * step
+    tail = count * each
+    return DelayWindow(
+        low=steps * (1 - jitter) + tail,
+        high=period * (1 + jitter) + before + steps * (1 + jitter) + tail,
+        mean=_residual(period + before, period * jitter) + steps + tail,
+    )
+
+
 def predict_detection(
     config: HealthConfig, *, timeouts: bool = False, probe_time: float = 0.0
 ) -> DelayWindow:
@@ -719,15 +738,9 @@ def predict_detection(
     about half a period. Assumes the backend was up and passing before the
     change (not ``unknown``: then one failure takes it down).
     """
-    i, f, j = config.interval, config.fastinter or config.interval, config.jitter
     d_fail = config.timeout if timeouts else probe_time
-    steps = (config.fall - 1) * f
-    tail = config.fall * d_fail
-    return DelayWindow(
-        low=steps * (1 - j) + tail,
-        high=i * (1 + j) + probe_time + steps * (1 + j) + tail,
-        mean=_residual(i + probe_time, i * j) + steps + tail,
-    )
+    fast = config.fastinter or config.interval
+    return _streak_window(config.interval, probe_time, config.fall, fast, d_fail, config.jitter)
 
 
 def predict_recovery(
@@ -743,19 +756,10 @@ def predict_recovery(
     next ``rise-1`` come ``d_ok + fastinter(1 ± j)`` apart, and each takes
     ``d_ok`` (``probe_time``).
     """
-    d, f, j = (
-        config.downinter or config.interval,
-        config.fastinter or config.interval,
-        config.jitter,
-    )
     d_fail = config.timeout if timeouts else probe_time
-    steps = (config.rise - 1) * f
-    tail = config.rise * probe_time
-    return DelayWindow(
-        low=steps * (1 - j) + tail,
-        high=d * (1 + j) + d_fail + steps * (1 + j) + tail,
-        mean=_residual(d + d_fail, d * j) + steps + tail,
-    )
+    fast = config.fastinter or config.interval
+    down = config.downinter or config.interval
+    return _streak_window(down, d_fail, config.rise, fast, probe_time, config.jitter)
 
 
 def predict_probe_load(
