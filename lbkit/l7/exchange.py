@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .model import Limits
+from .retry import idempotent
 from .wire import (
     _CHUNKED,
     _CLOSE,
@@ -31,7 +32,6 @@ from .wire import (
     F_CHUNKED,
     F_LENGTH,
     F_NONE,
-    IDEMPOTENT,
     KEEP_BODY,
     NO_BACKEND,
     PAUSE_BUFFER,
@@ -324,7 +324,7 @@ class Exchange:
             and not conn.got_bytes
             and not self.stale_retried
             and self.replayable
-            and self.method in IDEMPOTENT
+            and idempotent(self.method)
         ):
             # A pooled connection the backend closed as we wrote: one fresh try, not counted
             # (the request never reached the application).

@@ -70,17 +70,15 @@ class HeaderPlan:
     ) -> Headers:
         """The header list; ``variables()`` is called only if a value holds a ``$``;
         ``connection``: whether the client sent a Connection field (whose tokens are dropped)."""
-        out = [] if self.nginx else [defaults[i] for i in self.kept]
-        if self.sets:
-            env = None
-            for name, value, template in self.sets:
-                if template:
-                    env = env or variables()
-                    value = env.expand(value)
-                out.append((name, value))
-        if self.nginx:
-            out += [defaults[i] for i in self.kept]
-        out = [f for f in out if f[1] != ""]
+        kept = [defaults[i] for i in self.kept]
+        sets = []
+        env = None
+        for name, value, template in self.sets:
+            if template:
+                env = env or variables()
+                value = env.expand(value)
+            sets.append((name, value))
+        out = [f for f in (sets + kept if self.nginx else kept + sets) if f[1] != ""]
         drop = self.drop
         if connection and self.hop_by_hop:
             named = {

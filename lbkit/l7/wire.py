@@ -12,12 +12,14 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
+from .retry import OUTCOMES
+
 KEEP_BODY = 64 * 1024  # a request body up to this size is kept for a retry; larger never retried
 BUFFER_HIGH = 256 * 1024  # body bytes waiting for an upstream before the client is paused
 MAX_PIPELINE = 16  # requests waiting behind the active one before the client is paused
 LINGER_SECONDS = 2.0  # after a last answer, read and discard for this long (nginx lingering_close)
-RETRY_STATUSES = frozenset({403, 404, 429, 500, 502, 503, 504})  # proxy_next_upstream http_*
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # RFC 9110 §9.2.2
+#: The statuses proxy_next_upstream can name (``http_*`` outcomes of lbkit.l7.retry).
+RETRY_STATUSES = frozenset(int(o[5:]) for o in OUTCOMES if o.startswith("http_"))
 
 _EMPTY: frozenset[str] = frozenset()
 _CRLF = b"\r\n"
