@@ -67,7 +67,7 @@ from .admin import start_admin
 from .exchange import Exchange
 from .healthrun import EventSink, HealthRunner
 from .model import Limits
-from .router import RequestHead
+from .router import HeadScan, RequestHead
 from .tls import count_handshakes, sni_of
 from .upstream import UpstreamPool
 from .wire import (
@@ -101,10 +101,11 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_linger",
         "active",
-        "clen",
         "client",
         "closing",
+        "cls",
         "connection",
+        "cookie",
         "cur",
         "expect",
         "hbytes",
@@ -129,7 +130,7 @@ class ClientConnection(asyncio.Protocol):
         "served",
         "server",
         "sni",
-        "te",
+        "tes",
         "transport",
         "url",
         "wpaused",
@@ -165,11 +166,13 @@ class ClientConnection(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[str, str]] = []
         self.hbytes = 0
-        self.clen: bytes | None = None
-        self.te: bytes | None = None
-        self.expect: bytes | None = None
-        self.hosts = 0
+        # what the router's HeadScan would find (llhttp has checked the fields' syntax)
+        self.hosts: tuple[str, ...] = ()
+        self.cls: tuple[str, ...] = ()  # Content-Length values
+        self.tes: tuple[str, ...] = ()  # Transfer-Encoding values
+        self.cookie = False
         self.connection = False
+        self.expect: bytes | None = None
 
     # ------------------------------------------------------------ transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -278,19 +281,22 @@ class ClientConnection(asyncio.Protocol):
         self.hbytes += n
         if n > self.max_line or self.hbytes > self.max_headers:
             raise _Reject(431, TEXTS[431])
+        field = (name.decode("latin-1"), value.decode("latin-1"))
         if ln in _REQ_SPECIAL_LENGTHS:
             lower = name.lower()
             if lower == b"host":
-                self.hosts += 1
+                self.hosts += (field[1],)
+            elif lower == b"cookie":
+                self.cookie = True
             elif lower == b"content-length":
-                self.clen = value
+                self.cls += (field[1],)
             elif lower == b"transfer-encoding":
-                self.te = value
+                self.tes += (field[1],)
             elif lower == b"expect":
                 self.expect = value
             elif lower == b"connection":
                 self.connection = True
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self.headers.append(field)
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -299,7 +305,8 @@ class ClientConnection(asyncio.Protocol):
         # get_http_version() formats a string each time; without a Connection field llhttp
         # keeps alive exactly the HTTP/1.1 requests, so that case needs no call.
         version = "1.1" if keep and not self.connection else parser.get_http_version()
-        if self.hosts != 1 and version == "1.1":
+        hosts = self.hosts
+        if len(hosts) != 1 and version == "1.1":
             # RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request, or 400.
             raise _Reject(400, f"{TEXTS[400]}: an HTTP/1.1 request needs exactly one Host")
         raw_method = parser.get_method()
@@ -307,9 +314,9 @@ class ClientConnection(asyncio.Protocol):
         keep = keep and proxy.keepalive and not parser.should_upgrade()
         self.keep = keep
         length = 0
-        chunked = self.te is not None
-        if not chunked and self.clen is not None:
-            length = int(self.clen)
+        chunked = bool(self.tes)
+        if not chunked and self.cls:
+            length = int(self.cls[-1])
             limit = proxy.limits.client_max_body_size
             if limit and length > limit:
                 raise _Reject(413, f"{TEXTS[413]} (over {limit} bytes)")
@@ -324,15 +331,23 @@ class ClientConnection(asyncio.Protocol):
         if proxy.access_log:
             ex.t0 = time.perf_counter()  # loop.time() counts milliseconds (libuv)
         proxy.counters.requests += 1
-        # RequestHead(method, target, version, headers, client, server, scheme, sni)
+        # RequestHead(method, target, version, headers, client, server, scheme, sni, scan)
         head = proxy.head_type(
-            method, target, version, self.headers, self.client, self.server, self.scheme, self.sni
+            method,
+            target,
+            version,
+            self.headers,
+            self.client,
+            self.server,
+            self.scheme,
+            self.sni,
+            HeadScan(hosts, self.cookie, self.connection, self.cls, self.tes),
         )
         self.headers = []  # the next request's (the router may keep this list)
         self.url = b""
-        self.hbytes = self.hosts = self.head_rx = 0
-        self.clen = self.te = None
-        self.connection = False
+        self.hbytes = self.head_rx = 0
+        self.hosts = self.cls = self.tes = ()
+        self.cookie = self.connection = False
         try:
             result = proxy.router.route(head, now)
             answer = getattr(result, "return_answer", _REJECTED)

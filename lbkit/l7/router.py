@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -55,7 +56,7 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PROXY_PASS = re.compile(r"(?i)(https?)://([^/?#]+)(.*)")
 ALLOW = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
 HASHED = ("ring_hash", "maglev")
-_NO_BODY = ("none", 0)
+_NO_BODY: tuple[str, int | None] = ("none", 0)
 #: Methods known to be tokens and allowed: no regex for them.
 _COMMON_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
 #: Header names already checked to be tokens (RFC 9110 §5.1); bounded, since clients choose them.
@@ -77,6 +78,9 @@ class RequestHead:
     server: tuple[str, int]  # the local address and port it reached
     scheme: str = "http"
     sni: str | None = None  # TLS server name indication (https)
+    #: The fields' scan if the adapter's parser made it (:class:`HeadScan`); None: the router
+    #: scans and validates ``headers`` itself.
+    scan: HeadScan | None = None
 
 
 @dataclass
@@ -139,19 +143,41 @@ def _host_value(value: str, scheme: str) -> HostPort:
 
 
 class HeadScan:
-    """One pass over a request's fields: validity, and the few the router reads.
+    """What the router reads of a request's fields, found in one pass.
 
-    Raises :class:`_Refuse` 400 for a field name that is not a token or a
-    value holding CR, LF or NUL (RFC 9110 §5.1, §5.5).
+    ``hosts``, ``content_length`` and ``transfer_encoding`` are the values of
+    those fields in order; ``cookie`` and ``connection`` say whether the
+    field was sent. :meth:`of` makes one from a field list and checks the
+    fields' validity on the way; an adapter whose parser already enforced
+    that (llhttp refuses a name that is not a token and a value with CR, LF,
+    NUL or another control byte) may build one as it parses and hand it over
+    in :attr:`RequestHead.scan`, so the fields are not walked twice.
     """
 
     __slots__ = ("connection", "content_length", "cookie", "hosts", "transfer_encoding")
 
-    def __init__(self, headers: Headers) -> None:
+    def __init__(
+        self,
+        hosts: Sequence[str] = (),
+        cookie: bool = False,
+        connection: bool = False,
+        content_length: Sequence[str] = (),
+        transfer_encoding: Sequence[str] = (),
+    ) -> None:
+        self.hosts = hosts
+        self.cookie = cookie
+        self.connection = connection
+        self.content_length = content_length
+        self.transfer_encoding = transfer_encoding
+
+    @classmethod
+    def of(cls, headers: Headers) -> HeadScan:
+        """Scan ``headers``; :class:`_Refuse` 400 for a field name that is not a token or a
+        value holding CR, LF or NUL (RFC 9110 §5.1, §5.5)."""
         hosts: list[str] = []
         te: list[str] = []
         cl: list[str] = []
-        self.cookie = self.connection = False
+        cookie = connection = False
         names = _TOKEN_NAMES
         for name, value in headers:
             if name not in names:
@@ -166,16 +192,14 @@ class HeadScan:
                 if lower == "host":
                     hosts.append(value)
                 elif lower == "cookie":
-                    self.cookie = True
+                    cookie = True
                 elif lower == "connection":
-                    self.connection = True
+                    connection = True
                 elif lower == "content-length":
                     cl.append(value)
                 elif lower == "transfer-encoding":
                     te.append(value)
-        self.hosts = hosts
-        self.transfer_encoding = te
-        self.content_length = cl
+        return cls(hosts, cookie, connection, cl, te)
 
 
 def conditions_hold(loc: Location, headers: Headers, cookies: dict[str, str]) -> bool:
@@ -655,7 +679,9 @@ class Router:
                 raise _Refuse(405, f"method {method} not allowed", [("Allow", ALLOW)])
         return version
 
-    def _host(self, hosts: list[str], scheme: str, target: Target, version: str) -> HostPort | None:
+    def _host(
+        self, hosts: Sequence[str], scheme: str, target: Target, version: str
+    ) -> HostPort | None:
         if len(hosts) > 1:
             raise _bad("more than one Host header (RFC 9112 §3.2)")
         if not hosts and version == "1.1":
@@ -688,7 +714,7 @@ class Router:
 
     def _route(self, head: RequestHead, now: float) -> Decision:
         version = self._check_line(head)
-        scan = HeadScan(head.headers)
+        scan = head.scan or HeadScan.of(head.headers)
         framing = _NO_BODY
         if scan.transfer_encoding or scan.content_length:
             try:

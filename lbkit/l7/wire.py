@@ -28,7 +28,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CLOSE = b"Connection: close\r\n"
 _KEEP = b"Connection: keep-alive\r\n"
 _CHUNKED = b"Transfer-Encoding: chunked\r\n"
-#: host, expect, connection, content-length, transfer-encoding
+#: host, cookie, expect, connection, content-length, transfer-encoding
 _REQ_SPECIAL_LENGTHS = frozenset({4, 6, 10, 14, 17})
 
 # client parser states

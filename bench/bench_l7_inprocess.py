@@ -1,0 +1,141 @@
+"""The L7 proxy's Python cost per request, without sockets: what the live bench cannot split.
+
+``bench_l7_proxy.py`` measures the whole process under wrk, kernel included.
+This drives the same objects (:class:`lbkit.l7.proxy.ClientConnection`, the
+router, :class:`lbkit.l7.upstream.UpstreamConnection`) through fake
+transports: wrk's request in, the upstream request out, nginx's answer in,
+the client's answer out, a keep-alive connection on both sides. It prints
+microseconds per request (best of ``--repeat``) and, with ``--profile``, the
+functions by own time (cProfile). The router is the one ``bench_l7_proxy.py``
+uses (nginx semantics, ``proxy_http_version 1.1``, ``Connection ""``), or the
+stand-in with ``--router stub``.
+
+Usage: ``.venv/bin/python bench/bench_l7_inprocess.py [--requests N] [--profile]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_l7_proxy import IP, router_for  # noqa: E402
+
+from lbkit.l7.model import Limits  # noqa: E402
+from lbkit.l7.proxy import ClientConnection, Proxy  # noqa: E402
+from lbkit.l7.upstream import UpstreamConnection  # noqa: E402
+
+PORT = 8080
+BACKENDS = [f"{IP}:{9001 + i}" for i in range(3)]
+#: What wrk sends, and what an nginx backend with ``return 200 "ok"`` answers.
+REQUEST = f"GET / HTTP/1.1\r\nHost: {IP}:{PORT}\r\n\r\n".encode()
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 08:00:00 GMT\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Length: 2\r\n"
+    b"Connection: keep-alive\r\n\r\nok"
+)
+
+
+class FakeTransport(asyncio.Transport):
+    """Records writes; ``sent`` is the last one."""
+
+    def __init__(self, peer: tuple[str, int], sock: tuple[str, int]) -> None:
+        super().__init__()
+        self.sent = b""
+        self.writes = 0
+        self._extra = {"peername": peer, "sockname": sock}
+
+    def get_extra_info(self, name, default=None):
+        return self._extra.get(name, default)
+
+    def write(self, data) -> None:
+        self.sent = data
+        self.writes += 1
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class Rig:
+    """One client connection and one pooled upstream connection per backend."""
+
+    def __init__(self, router: object) -> None:
+        self.proxy = Proxy(router, Limits(), access_log=False)
+        self.client = ClientConnection(self.proxy)
+        self.client_tx = FakeTransport((IP, 40000), (IP, PORT))
+        self.client.connection_made(self.client_tx)
+        self.ups: list[UpstreamConnection] = []
+        for i, address in enumerate(BACKENDS):
+            up = UpstreamConnection(self.proxy.pool, address)
+            up.connection_made(FakeTransport((IP, 9001 + i), (IP, 50000 + i)))
+            self.proxy.pool.release(up)
+            self.ups.append(up)
+
+    def one(self) -> None:
+        """One request through: client bytes in, upstream answer in."""
+        self.client.data_received(REQUEST)
+        for up in self.ups:
+            if up.sink is not None:
+                up.data_received(RESPONSE)
+                return
+        raise RuntimeError(f"no upstream request sent; the client got {self.client_tx.sent!r}")
+
+    def check(self) -> None:
+        self.one()
+        got = self.client_tx.sent
+        if not got.startswith(b"HTTP/1.1 200 OK\r\n") or not got.endswith(b"\r\n\r\nok"):
+            raise RuntimeError(f"unexpected answer: {got!r}")
+
+
+def per_request_us(rig: Rig, n: int, repeat: int) -> float:
+    best = float("inf")
+    one = rig.one
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            one()
+        best = min(best, time.perf_counter() - t0)
+    return best / n * 1e6
+
+
+async def run(args: argparse.Namespace) -> None:
+    router, what = router_for(BACKENDS, PORT, args.router)
+    rig = Rig(router)
+    rig.check()
+    print(f"router: {what}")
+    print(f"upstream request:\n  {rig.ups[0].transport.sent!r}")  # type: ignore[union-attr]
+    print(f"client answer:\n  {rig.client_tx.sent!r}")
+    per_request_us(rig, 2000, 1)  # warm-up: caches filled
+    us = per_request_us(rig, args.requests, args.repeat)
+    print(f"{us:.2f} us per request in Python + llhttp (best of {args.repeat} x {args.requests})")
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(args.requests):
+            rig.one()
+        prof.disable()
+        stats = pstats.Stats(prof)
+        stats.sort_stats("tottime").print_stats(25)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--router", choices=["real", "stub"], default="real")
+    ap.add_argument("--profile", action="store_true", help="cProfile, by own time")
+    args = ap.parse_args()
+    asyncio.run(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
