@@ -10,7 +10,12 @@ functions by own time (cProfile). The router is the one ``bench_l7_proxy.py``
 uses (nginx semantics, ``proxy_http_version 1.1``, ``Connection ""``), or the
 stand-in with ``--router stub``.
 
-Usage: ``.venv/bin/python bench/bench_l7_inprocess.py [--requests N] [--profile]``.
+``--instructions`` counts CPU instructions per request instead, under
+valgrind's callgrind: slow (about half a minute) but the same count on every
+run, whatever else the machine is doing, so small changes can be compared.
+
+Usage: ``.venv/bin/python bench/bench_l7_inprocess.py [--requests N] [--profile]
+[--instructions] [--router stub]``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import argparse
 import asyncio
 import cProfile
 import pstats
+import re
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -126,13 +134,38 @@ async def run(args: argparse.Namespace) -> None:
         stats.sort_stats("tottime").print_stats(25)
 
 
+def instructions(router: str) -> int:
+    """Instructions per request: two callgrind runs, 1,000 and 6,000 requests, differenced
+    (start-up, imports and the warm-up cancel out)."""
+    counts = []
+    for n in (1000, 6000):
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+             __file__, "--requests", str(n), "--repeat", "1", "--router", router],
+            capture_output=True,
+            text=True,
+            check=True,
+        )  # fmt: skip
+        counts.append(int(re.search(r"Collected : (\d+)", out.stderr).group(1)))  # type: ignore[union-attr]
+    return (counts[1] - counts[0]) // 5000
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--router", choices=["real", "stub"], default="real")
     ap.add_argument("--profile", action="store_true", help="cProfile, by own time")
+    ap.add_argument(
+        "--instructions", action="store_true", help="instructions per request (valgrind)"
+    )
     args = ap.parse_args()
+    if args.instructions:
+        if shutil.which("valgrind") is None:
+            print("bench_l7_inprocess: --instructions needs valgrind", file=sys.stderr)
+            return 2
+        print(f"{instructions(args.router)} instructions per request ({args.router} router)")
+        return 0
     asyncio.run(run(args))
     return 0
 

@@ -11,8 +11,11 @@ and after the measured run, divided by the requests wrk completed).
 
 lbkit's proxy routes with the real router (``lbkit.l7.router``) when it is
 there, else with the stand-in from ``tests/_l7_stub.py``; the table says
-which. ``--profile`` records lbkit's proxy with py-spy during an extra wrk
-run (an SVG flame graph, plus the hottest functions printed). Every process
+which. A blind TCP relay (``bench/relay_proxy.py``: an L4 proxy at the socket
+level, bytes copied unread) runs beside them as the floor: what uvloop and the
+kernel cost with no HTTP work at all. ``--profile`` records lbkit's proxy
+with py-spy during an extra wrk run (an SVG flame graph, plus the hottest
+functions printed). Every process
 started here is stopped by its pid at the end; traffic stays on 127.0.0.1.
 """
 
@@ -284,17 +287,23 @@ def main() -> int:
         default="auto",
         help="lbkit's router: the real one if present (auto), or the stand-in (stub)",
     )
-    ap.add_argument("--only", choices=["nginx", "lbkit", "aiohttp"], action="append")
+    ap.add_argument(
+        "--only",
+        choices=["nginx", "lbkit", "aiohttp", "relay"],
+        action="append",
+        help="run only these (repeatable); default: all four",
+    )
     ap.add_argument("--serve-lbkit", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_lbkit:
         serve_lbkit(int(args.serve_lbkit[0]), args.serve_lbkit[1:], args.router)
         return 0
-    only = set(args.only or ["nginx", "lbkit", "aiohttp"])
+    only = set(args.only or ["nginx", "lbkit", "aiohttp", "relay"])
 
     tmp = Path(tempfile.mkdtemp(prefix="lbkit-bench-l7-"))
-    ports = free_ports(args.backends + 3, IP)
-    backend_ports, (p_nginx, p_lbkit, p_aiohttp) = ports[: args.backends], ports[args.backends :]
+    ports = free_ports(args.backends + 4, IP)
+    backend_ports = ports[: args.backends]
+    p_nginx, p_lbkit, p_aiohttp, p_relay = ports[args.backends :]
     addresses = [f"{IP}:{p}" for p in backend_ports]
     procs: list[Proc] = []
     proxies: list[tuple[Proc, int]] = []
@@ -331,6 +340,10 @@ def main() -> int:
                 argv = [PY, str(ROOT / "bench" / "aiohttp_proxy.py"), str(p_aiohttp), *addresses]
                 aio = start(procs, "aiohttp proxy", argv, p_aiohttp, tmp, env=env)
                 proxies.append((aio, p_aiohttp))
+            if "relay" in only:
+                argv = [PY, str(ROOT / "bench" / "relay_proxy.py"), str(p_relay), *addresses]
+                relay = start(procs, "TCP relay (L4)", argv, p_relay, tmp, env=env)
+                proxies.append((relay, p_relay))
             for _, port in proxies:
                 wrk(port, 1, args.connections)  # warm-up: pools filled, caches hot
             for _ in range(args.rounds):  # interleaved, so a noisy moment hits every proxy alike
@@ -380,6 +393,9 @@ def main() -> int:
         for label, ratio, op, target in checks:
             ok = ratio >= target if op == ">=" else ratio <= target
             print(f"  {label} {ratio:5.2f}x  (target {op} {target}x) {'ok' if ok else 'MISSED'}")
+        if "TCP" in med:
+            print(f"  CPU/req vs the blind TCP relay {lb_cpu / med['TCP'][1]:.2f}x (no target: the "
+                  "floor, what reading HTTP adds)")  # fmt: skip
     for note in notes:
         print(f"\n{note}")
     return 0

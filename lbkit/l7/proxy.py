@@ -350,7 +350,7 @@ class ClientConnection(asyncio.Protocol):
         self.cookie = self.connection = False
         try:
             result = proxy.router.route(head, now)
-            answer = getattr(result, "return_answer", _REJECTED)
+            answer: Any = getattr(result, "return_answer", _REJECTED)
             if answer is not _REJECTED:
                 if answer is None:
                     ex.decision = result
@@ -623,10 +623,10 @@ class Proxy:
                 except OSError as e:
                     raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from e
                 self._servers.append(server)
-                self.addresses.append(server.sockets[0].getsockname()[:2])
+                self.addresses.append(_bound(server))
             if admin is not None:
                 self._admin = await start_admin(self, admin)
-                self.admin_address = self._admin.sockets[0].getsockname()[:2]
+                self.admin_address = _bound(self._admin)
         except BaseException:
             await self.close()
             raise
@@ -751,6 +751,13 @@ class Proxy:
             return self.health.report()
         except Exception as e:  # the admin page must not die with the report
             return {"error": f"health report failed: {e}"}
+
+
+def _bound(server: Any) -> tuple[str, int]:
+    """The address a server listens on (its first socket's; uvloop's ``Server.sockets`` is a
+    list where typeshed's ``asyncio.Server`` has a tuple, hence ``Any``)."""
+    host, port = server.sockets[0].getsockname()[:2]
+    return host, port
 
 
 async def serve_proxy(

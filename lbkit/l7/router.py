@@ -794,10 +794,12 @@ class Router:
                     chosen, d._sticky = pool, name
                     break
         if chosen is None:
-            to_split = split is not None and to_canary(
-                loc.split, head.headers, head.client[0], self.rng
+            to_split = (
+                split is not None
+                and loc.split is not None
+                and to_canary(loc.split, head.headers, head.client[0], self.rng)
             )
-            chosen = split if to_split else main
+            chosen = split if split is not None and to_split else main
         d.canary = split is not None and chosen is split
         self.counters["canary"] += d.canary
         d._pool = chosen
