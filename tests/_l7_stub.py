@@ -82,6 +82,10 @@ class Decision:
             out += self._router.add_request_headers
         return out
 
+    def upstream_head(self, backend: Backend) -> bytes:
+        fields = "".join(f"{k}: {v}\r\n" for k, v in self.upstream_headers(backend))
+        return self.request_line(backend) + fields.encode("latin-1")
+
     def pick(self, now: float, exclude: frozenset[str]) -> Backend | None:
         return self._router.pick(exclude)
 

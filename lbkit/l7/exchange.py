@@ -243,20 +243,13 @@ class Exchange:
 
     def send(self, up: UpstreamConnection) -> None:
         """The request head and the body received so far, in one write."""
-        decision, backend = self.decision, self.backend
-        line = decision.request_line(backend)
-        headers = decision.upstream_headers(backend)
-        if not line.endswith(_CRLF):
-            line += _CRLF
-        head = line + "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1")
+        head = self.decision.upstream_head(self.backend)  # request line and fields, as bytes
         framing = self.framing
         if framing == F_NONE:
             data = head + _CRLF
         else:
             parts = [head]
-            if framing == F_CHUNKED and not any(
-                k.lower() == "transfer-encoding" for k, _ in headers
-            ):
+            if framing == F_CHUNKED and b"\ntransfer-encoding:" not in head.lower():
                 parts.append(_CHUNKED)  # the router leaves the body's framing to us
             parts.append(_CRLF)
             if self.pending:

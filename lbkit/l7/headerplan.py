@@ -9,6 +9,11 @@ set, Host first. All of that but the values is fixed by the location, so a
 and whether Host needs moving. Per request only the values are filled in and
 the client's fields filtered in one pass. ``tests/test_l7_headers.py`` checks
 that a plan and ``compose`` give identical lists.
+
+:meth:`HeaderPlan.lines` gives the same list as the bytes the proxy sends
+(the issue's "header rewrites on bytes"): the proxy's own fields are
+rendered once per distinct set of default values and remembered, so a
+request only encodes the client's fields it forwards.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ class HeaderPlan:
     are forwarded, as nginx does. ``nginx=False`` is :func:`compose`'s rule.
     """
 
-    __slots__ = ("drop", "hop_by_hop", "kept", "nginx", "sets", "sort_host")
+    __slots__ = ("_fixed", "drop", "hop_by_hop", "kept", "nginx", "sets", "sort_host", "templated")
 
     def __init__(
         self,
@@ -60,6 +65,8 @@ class HeaderPlan:
         first_kept = default_names[self.kept[0]].lower() if self.kept else ""
         host_moves = "host" in configured or ("host" in owned and first_kept != "host")
         self.sort_host = host_moves and not nginx
+        self.templated = any(template for _, _, template in self.sets)
+        self._fixed: dict[tuple[tuple[str, str], ...], bytes] = {}
 
     def build(
         self,
@@ -92,3 +99,40 @@ class HeaderPlan:
         if self.sort_host:
             out.sort(key=_host_first)  # stable: only moves Host first
         return out
+
+    def lines(
+        self,
+        client: Sequence[tuple[str, str]],
+        defaults: tuple[tuple[str, str], ...],
+        variables: Callable[[], RequestVars],
+        connection: bool,
+    ) -> bytes:
+        """:meth:`build`'s list as header lines, ``Name: value\\r\\n`` each, in latin-1.
+
+        The proxy's own fields (the ``proxy_set_header`` values and the defaults kept)
+        come first and depend only on ``defaults`` when no value is a template, so their
+        bytes are made once per distinct ``defaults`` (at most :data:`FIXED_CACHE`
+        remembered); the client's forwarded fields are encoded per request. A plan that
+        must look at the client's fields to place or drop its own (Host moved first,
+        tokens of the client's Connection dropped) renders :meth:`build`'s list instead.
+        """
+        if self.templated or self.sort_host or (connection and self.hop_by_hop):
+            return render(self.build(client, defaults, variables, connection))
+        fixed = self._fixed.get(defaults)
+        if fixed is None:
+            if len(self._fixed) >= FIXED_CACHE:
+                self._fixed.clear()
+            fixed = self._fixed[defaults] = render(self.build((), defaults, variables, False))
+        drop = self.drop
+        rest = [f"{k}: {v}\r\n" for k, v in client if k.lower() not in drop]
+        return fixed + "".join(rest).encode("latin-1") if rest else fixed
+
+
+#: Distinct sets of default values whose rendered fields a plan remembers (lbkit's TOML
+#: defaults carry the client's address, so a busy router sees many).
+FIXED_CACHE = 1024
+
+
+def render(headers: Headers) -> bytes:
+    """Header lines for ``headers``: ``Name: value\\r\\n`` each, latin-1 (RFC 9112 §5)."""
+    return "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1")

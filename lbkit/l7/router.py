@@ -33,7 +33,7 @@ from functools import lru_cache
 from lbkit.algorithms import Backend, Flow
 
 from .canary import to_canary
-from .headerplan import HeaderPlan
+from .headerplan import HeaderPlan, render
 from .headers import (
     BadFraming,
     Headers,
@@ -393,6 +393,14 @@ class Decision:
         if headers is None:
             headers = self._headers = self._router._upstream_headers(self)
         return list(headers)
+
+    def upstream_head(self, backend: Backend | None = None) -> bytes:
+        """:meth:`request_line` and :meth:`upstream_headers` as the bytes the adapter sends:
+        the request line, then one ``Name: value\\r\\n`` line per field (the blank line that
+        ends the head, and a ``Transfer-Encoding`` for a chunked body, are the adapter's)."""
+        if self._headers is not None:  # asked for as a list already: the same list
+            return self.request_line(backend) + render(self._headers)
+        return self.request_line(backend) + self._router._upstream_lines(self)
 
     # ------------------------------------------------------------ attempts
     def _flow(self) -> Flow | None:
@@ -817,30 +825,34 @@ class Router:
 
     def _upstream_headers(self, d: Decision) -> Headers:
         """What :func:`lbkit.l7.headers.compose` gives, through the location's plan."""
+        plan = self._plan(d.location)
+        return plan.build(d.head.headers, self._defaults(d), lambda: d.vars, d._scan.connection)
+
+    def _upstream_lines(self, d: Decision) -> bytes:
+        """:meth:`_upstream_headers` as header lines (the plan remembers its own fields')."""
+        plan = self._plan(d.location)
+        return plan.lines(d.head.headers, self._defaults(d), lambda: d.vars, d._scan.connection)
+
+    def _defaults(self, d: Decision) -> tuple[tuple[str, str], ...]:
+        """The proxy's default fields for ``d``, named as in ``_NGINX_DEFAULTS`` or
+        ``_LBKIT_DEFAULTS`` (their values vary per request)."""
         head = d.head
         proxy_host = d.proxy.authority if d.proxy else ""
         if self.nginx_semantics:
             kind, length = d.request_framing
             body_length = str(length) if kind == "length" else ""
-            defaults = [
-                ("Host", proxy_host),
-                ("Connection", "close"),
-                ("Content-Length", body_length),
-            ]
-        else:
-            host = str(d.host) if d.host else proxy_host
-            trusted = in_networks(head.client[0], self.config.trusted_proxies)
-            forwarding = lbkit_forwarding(
-                head.headers,
-                peer=head.client[0],
-                scheme=head.scheme,
-                host=host,
-                version=d.version,
-                trusted=trusted,
-            )
-            defaults = [("Host", host), *forwarding]
-        plan = self._plan(d.location)
-        return plan.build(head.headers, defaults, lambda: d.vars, d._scan.connection)
+            return (("Host", proxy_host), ("Connection", "close"), ("Content-Length", body_length))
+        host = str(d.host) if d.host else proxy_host
+        trusted = in_networks(head.client[0], self.config.trusted_proxies)
+        forwarding = lbkit_forwarding(
+            head.headers,
+            peer=head.client[0],
+            scheme=head.scheme,
+            host=host,
+            version=d.version,
+            trusted=trusted,
+        )
+        return (("Host", host), *forwarding)
 
 
 def _auto_redirects(locations: list[Location]) -> tuple[dict[str, Location], set[str]]:
