@@ -13,6 +13,7 @@ from lbkit.l7.model import (
     Location,
     RouterConfig,
     ServerBlock,
+    Split,
     Upstream,
     UpstreamServer,
 )
@@ -426,3 +427,90 @@ def test_router_on_other_ports_picks_tls_blocks_for_https():
     h = head(host="a.example", scheme="https", sni="a.example")
     h.server = ("127.0.1.4", 8443)
     assert routed(h, router).upstream == "api"
+
+
+# ------------------------------------------------- the route cache: the same answers
+def cacheable_config() -> RouterConfig:
+    """make_config() plus a server whose locations read no header (its routes are remembered)."""
+    config = make_config()
+    plain = ServerBlock(
+        [Listen(80), Listen(443, ssl=True)],
+        ["plain.example.com", "*.plain.example.com"],
+        [
+            Location("/", proxy_pass="http://web"),
+            Location("/api/", proxy_pass="http://api"),
+            Location("/v1/", proxy_pass="http://api/v2/"),
+            Location("/exact", modifier="=", proxy_pass="http://app"),
+            Location(r"\.php$", modifier="~", proxy_pass="http://api"),
+            Location("/gone", modifier="=", return_status=410, return_body="gone $host"),
+            Location("/var/", proxy_pass="http://$http_x_pool"),
+            Location("/sticky/", proxy_pass="http://api", sticky_cookie="lbk"),
+            Location("/canary/", proxy_pass="http://web", split=Split("api", 50.0)),
+        ],
+    )
+    config.servers.append(plain)
+    return config
+
+
+CACHE_HEADS = [
+    ("/", "plain.example.com", []),
+    ("/api/users?id=7", "plain.example.com", []),
+    ("/api/users?id=7", "PLAIN.example.com:80", []),
+    ("/api/users?id=7", "x.plain.example.com", [("X-Pool", "web")]),
+    ("/v1/a%20b", "plain.example.com", []),
+    ("/exact", "plain.example.com", []),
+    ("/index.php", "plain.example.com", []),
+    ("/gone", "plain.example.com", []),
+    ("/var/x", "plain.example.com", [("X-Pool", "app")]),
+    ("/var/x", "plain.example.com", [("X-Pool", "web")]),
+    ("/api/x", "lb.example.com", [("User-Agent", "mobile")]),
+    ("/api/x", "lb.example.com", [("User-Agent", "desktop")]),
+    ("/beta/x", "lb.example.com", [("Cookie", "beta=1")]),
+    ("/beta/x", "lb.example.com", []),
+    ("/", "app.example.com", []),
+    ("/", "unknown.example.com", []),
+]
+
+
+def summary(d: Decision | Reject) -> tuple:
+    if isinstance(d, Reject):
+        return ("reject", d.status)
+    backend = None
+    return (
+        d.server.server_names[0],
+        d.location.pattern,
+        d.upstream,
+        d.return_answer,
+        d.request_line(backend),
+        tuple(d.upstream_headers(backend)) if d.return_answer is None else (),
+    )
+
+
+def test_a_remembered_route_is_the_route_found_afresh():
+    """One router answering each request three times (found, then remembered) agrees with
+    a new router per request (always found), in every order the requests come."""
+    shared = Router(cacheable_config())
+    for _ in range(3):
+        for target, host, extra in CACHE_HEADS + CACHE_HEADS[::-1]:
+            h = head(target, extra, host=host)
+            fresh = Router(cacheable_config()).route(h, 0.0)
+            assert summary(shared.route(h, 0.0)) == summary(fresh), (target, host, extra)
+    assert shared._routes, "plain proxied locations are remembered"
+    patterns = {entry[3].pattern for entry in shared._routes.values()}
+    assert patterns == {"/", "/api/", "/v1/", "/exact", r"\.php$"}, patterns
+
+
+def test_conditional_and_split_routes_are_never_remembered():
+    """A header, cookie, variable or draw that decides the route keeps deciding it."""
+    router = Router(cacheable_config())
+    mobile = head("/api/x", [("User-Agent", "mobile")])
+    desktop = head("/api/x", [("User-Agent", "desktop")])
+    for _ in range(3):
+        assert routed(mobile, router).upstream == "mobile"
+        assert routed(desktop, router).upstream == "api"
+    pools = Counter(routed(head("/canary/", host="plain.example.com"), router).upstream
+                    for _ in range(200))  # fmt: skip
+    assert set(pools) == {"web", "api"}, pools
+    for pool_name in ("app", "web", "app"):
+        h = head("/var/x", [("X-Pool", pool_name)], host="plain.example.com")
+        assert routed(h, router).upstream == pool_name

@@ -579,6 +579,9 @@ class Router:
             id(s): {} for s in config.servers if not any(loc.matches for loc in s.locations)
         }
         self._plans: dict[int, HeaderPlan] = {}  # id(location) -> its header plan
+        #: (target, method, scheme, Host, port, SNI) -> what routing found for a plain proxied
+        #: location (see _route): pure for one config, bounded like _servers.
+        self._routes: dict[tuple, tuple] = {}
         #: id(server) -> (URI -> the location whose name is URI + "/"), and the names that stop it
         self._redirects = {
             id(s): _auto_redirects(s.locations) for s in config.servers if nginx_semantics
@@ -729,6 +732,22 @@ class Router:
                 framing = framing_of(scan.transfer_encoding, scan.content_length, version)
             except BadFraming as e:
                 raise _Refuse(e.status, str(e), [("Connection", "close")]) from None
+        key = None
+        if len(scan.hosts) == 1:
+            # Seen before? Target, Host, server, location, proxy_pass and pool are a pure
+            # function of these for a location whose choice reads nothing else (below).
+            key = (head.target, head.method, head.scheme, scan.hosts[0], head.server[1], head.sni)
+            hit = self._routes.get(key)
+            if hit is not None:
+                target, host, server, location, proxy, pool = hit
+                cookies = parse_cookies(head.headers) if scan.cookie else {}
+                d = Decision(
+                    self, head, target, host, server, location, version, cookies, framing, scan
+                )
+                d.proxy = proxy
+                d._pool = pool
+                d.upstream = pool.name
+                return d
         try:
             target = _target(head.target, head.method, head.scheme)
         except BadTarget as e:
@@ -781,6 +800,11 @@ class Router:
         if location.split is None and location.sticky_cookie is None:
             d._pool = pool
             d.upstream = pool.name
+            # Remembered only when no header, cookie or variable took part in the choice.
+            if key is not None and "$" not in proxy_pass and id(server) in self._locations:
+                if len(self._routes) >= SERVER_CACHE_SIZE:
+                    self._routes.clear()
+                self._routes[key] = (target, host, server, location, d.proxy, pool)
         else:
             self._choose_pool(d, pool, location, head, cookies)
         return d
