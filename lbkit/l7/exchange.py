@@ -404,32 +404,33 @@ class Exchange:
         elif self.http10:
             parts.append(_KEEP)
         parts.append(_CRLF)
-        head = b"".join(parts)
-        self.resp_bytes = len(head)
-        self.out = [head]
+        self.out = parts  # joined with the body that follows, at the first write
         if conn.wpaused:
             up.pause_reading()
 
     def upstream_body(self, data: bytes) -> None:
-        n = len(data)
         if self.rechunk:
-            self.out += (b"%x\r\n" % n, data, _CRLF)
+            self.out += (b"%x\r\n" % len(data), data, _CRLF)
         else:
             self.out.append(data)
-        self.resp_bytes += n
 
     def upstream_flush(self) -> None:
+        """Write what came of the answer so far (``resp_bytes`` counts what is written, as
+        nginx's ``$bytes_sent``: head, body and chunk framing)."""
         out = self.out
         if out:
-            self.conn.transport.write(b"".join(out))  # type: ignore[union-attr]
+            data = b"".join(out)
+            self.resp_bytes += len(data)
+            self.conn.transport.write(data)  # type: ignore[union-attr]
             out.clear()
 
     def upstream_done(self, up: UpstreamConnection, keep_alive: bool) -> None:
         out = self.out
         if self.rechunk:
             out.append(_LAST_CHUNK)
-            self.resp_bytes += 5
-        self.conn.transport.write(b"".join(out))  # type: ignore[union-attr]
+        data = b"".join(out)
+        self.resp_bytes += len(data)
+        self.conn.transport.write(data)  # type: ignore[union-attr]
         out.clear()
         self.up = None
         if keep_alive and self.body_done:

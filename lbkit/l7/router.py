@@ -66,7 +66,7 @@ _TOKEN_NAMES_MAX = 4096
 _SPECIAL_LENGTHS = frozenset((4, 6, 10, 14, 17))
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestHead:
     """A parsed request head, as the adapter received it."""
 
