@@ -29,6 +29,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 from lbkit.algorithms import Backend, Flow
 
@@ -221,6 +222,17 @@ def conditions_hold(loc: Location, headers: Headers, cookies: dict[str, str]) ->
         if not _regex(m.regex).search(value):
             return False
     return True
+
+
+class _Route(NamedTuple):
+    """What routing found for a plain proxied location, remembered by ``Router._routes``."""
+
+    target: Target
+    host: HostPort | None
+    server: ServerBlock
+    location: Location
+    proxy: ProxyPass
+    pool: Pool
 
 
 class Decision:
@@ -581,7 +593,7 @@ class Router:
         self._plans: dict[int, HeaderPlan] = {}  # id(location) -> its header plan
         #: (target, method, scheme, Host, port, SNI) -> what routing found for a plain proxied
         #: location (see _route): pure for one config, bounded like _servers.
-        self._routes: dict[tuple, tuple] = {}
+        self._routes: dict[tuple[str, str, str, str, int, str | None], _Route] = {}
         #: id(server) -> (URI -> the location whose name is URI + "/"), and the names that stop it
         self._redirects = {
             id(s): _auto_redirects(s.locations) for s in config.servers if nginx_semantics
@@ -739,15 +751,7 @@ class Router:
             key = (head.target, head.method, head.scheme, scan.hosts[0], head.server[1], head.sni)
             hit = self._routes.get(key)
             if hit is not None:
-                target, host, server, location, proxy, pool = hit
-                cookies = parse_cookies(head.headers) if scan.cookie else {}
-                d = Decision(
-                    self, head, target, host, server, location, version, cookies, framing, scan
-                )
-                d.proxy = proxy
-                d._pool = pool
-                d.upstream = pool.name
-                return d
+                return self._remembered(hit, head, version, framing, scan)
         try:
             target = _target(head.target, head.method, head.scheme)
         except BadTarget as e:
@@ -804,9 +808,26 @@ class Router:
             if key is not None and "$" not in proxy_pass and id(server) in self._locations:
                 if len(self._routes) >= SERVER_CACHE_SIZE:
                     self._routes.clear()
-                self._routes[key] = (target, host, server, location, d.proxy, pool)
+                self._routes[key] = _Route(target, host, server, location, d.proxy, pool)
         else:
             self._choose_pool(d, pool, location, head, cookies)
+        return d
+
+    def _remembered(
+        self,
+        r: _Route,
+        head: RequestHead,
+        version: str,
+        framing: tuple[str, int | None],
+        scan: HeadScan,
+    ) -> Decision:
+        """The decision for a request whose route was found before (see ``_routes``)."""
+        target, host, server, location, proxy, pool = r
+        cookies = parse_cookies(head.headers) if scan.cookie else {}
+        d = Decision(self, head, target, host, server, location, version, cookies, framing, scan)
+        d.proxy = proxy
+        d._pool = pool
+        d.upstream = pool.name
         return d
 
     def _choose_pool(
