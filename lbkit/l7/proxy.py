@@ -58,7 +58,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
@@ -92,10 +92,14 @@ from .wire import (
 log = logging.getLogger(__name__)
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection:
     """One client connection: parse requests, run their exchanges in order, answer.
 
-    (``__slots__`` names every attribute: a little faster, and a typo fails loudly.)
+    It is an asyncio protocol (``connection_made``, ``data_received``...) without
+    subclassing ``asyncio.Protocol``: the event loop calls the methods by name, and
+    a class with no Python base compiles to a native class under mypyc
+    (``bench/bench_l7_mypyc.py``). ``__slots__`` names every attribute: a little
+    faster, and a typo fails loudly.
     """
 
     __slots__ = (
@@ -605,11 +609,7 @@ class Proxy:
                     self.tls[(host, port)] = context
                 try:
                     server = await self.loop.create_server(
-                        (
-                            (lambda: ClientConnection(self))
-                            if context is None
-                            else (lambda: ClientConnection(self, "https"))
-                        ),
+                        self._protocol_factory("http" if context is None else "https"),
                         host,
                         port,
                         reuse_address=True,
@@ -632,6 +632,11 @@ class Proxy:
             raise
         self._sweeper = self.loop.create_task(self._sweep())
         self.health.start()
+
+    def _protocol_factory(self, scheme: str) -> Callable[[], asyncio.Protocol]:
+        """What the listener calls per accepted connection (a ClientConnection is a protocol
+        by its methods, not by its base class)."""
+        return lambda: cast(asyncio.Protocol, ClientConnection(self, scheme))
 
     def set_tls(self, tls: Mapping[tuple[str, int], ssl.SSLContext]) -> None:
         """New certificates (a reload): new handshakes on each TLS address use ``tls``'s

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import Protocol
+from typing import Protocol, cast
 
 from httptools import HttpParserError, HttpResponseParser
 
@@ -70,8 +70,12 @@ class ResponseSink(Protocol):
         """The write buffer drained."""
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
     """One keep-alive connection to a backend; parses the answers to what it is sent.
+
+    An asyncio protocol by its methods, not by subclassing ``asyncio.Protocol``
+    (as :class:`lbkit.l7.proxy.ClientConnection`, so that mypyc can compile it to a
+    native class).
 
     ``rx`` is set on every read (the proxy's timer sweep turns it into a
     time stamp, so the hot path never reads a clock). ``no_body`` must be
@@ -341,14 +345,14 @@ class UpstreamPool:
             hostport = self._addresses[address] = split_address(address)
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(
-                lambda: UpstreamConnection(self, address), *hostport
+            _, protocol = await loop.create_connection(
+                lambda: cast(asyncio.Protocol, UpstreamConnection(self, address)), *hostport
             )
         except OSError:
             self.connect_errors += 1
             raise
         self.connects += 1
-        return conn
+        return cast(UpstreamConnection, protocol)
 
     def sweep(self, now: float) -> None:
         self.now = now
