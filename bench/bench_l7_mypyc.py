@@ -6,8 +6,8 @@ this measures the cheapest compiled option: the unchanged modules of the
 request path compiled by mypyc (mypy's compiler for annotated Python). It
 copies ``lbkit/`` and ``bench/`` into a temporary folder, builds the
 extensions there with mypy from a throw-away venv (PyPI), then runs
-``bench_l7_inprocess.py`` and ``bench_l7_proxy.py --only nginx --only lbkit``
-against the copy. Nothing is installed in the project or left behind.
+``bench_l7_inprocess.py`` and ``bench_l7_proxy.py`` (nginx, lbkit compiled,
+aiohttp, the blind relay) against the copy. Nothing is installed in the project or left behind.
 
     .venv/bin/python bench/bench_l7_mypyc.py [--duration 5] [--rounds 3]
 
@@ -80,9 +80,8 @@ def main() -> int:
         py = sys.executable
         run([py, tmp / "bench" / "bench_l7_inprocess.py"], env=env)
         run(
-            [py, tmp / "bench" / "bench_l7_proxy.py", "--router", "real", "--only", "nginx",
-             "--only", "lbkit", "--only", "relay", "--duration", str(args.duration), "--rounds",
-             str(args.rounds)],
+            [py, tmp / "bench" / "bench_l7_proxy.py", "--router", "real", "--duration",
+             str(args.duration), "--rounds", str(args.rounds)],
             env=env,
         )  # fmt: skip
     finally:
