@@ -354,14 +354,15 @@ class Pool:
         """Outlier detection hears one attempt's outcome (a 5xx or an error is a failure;
         an attempt the client abandoned before any status is not counted)."""
         detector = self._detector(now)
-        if ok:
-            if status is None:
-                return
-            result: bool | int = status
-        else:
-            result = status if status is not None and status >= 500 else False
+        if ok and status is None:
+            return
         overflows = detector.overflows
-        detector.observe(name, result, now)
+        # The detector tells a status (int) from an error (False) by type; each call passes
+        # one kind, never a variable of both (mypyc would store False in it as the int 0).
+        if status is not None and (ok or status >= 500):
+            detector.observe(name, status, now)
+        else:
+            detector.observe(name, False, now)
         if detector.overflows != overflows:  # an ejection refused by max_ejection_percent
             self._event(detector.events[-1])
 

@@ -742,8 +742,10 @@ class Router:
         if scan.transfer_encoding or scan.content_length:
             try:
                 framing = framing_of(scan.transfer_encoding, scan.content_length, version)
-            except BadFraming as e:
-                raise _Refuse(e.status, str(e), [("Connection", "close")]) from None
+            except BadFraming as framing_error:
+                raise _Refuse(
+                    framing_error.status, str(framing_error), [("Connection", "close")]
+                ) from None
         key = None
         if len(scan.hosts) == 1:
             # Seen before? Target, Host, server, location, proxy_pass and pool are a pure
@@ -754,8 +756,8 @@ class Router:
                 return self._remembered(hit, head, version, framing, scan)
         try:
             target = _target(head.target, head.method, head.scheme)
-        except BadTarget as e:
-            raise _bad(str(e)) from None
+        except BadTarget as target_error:
+            raise _bad(str(target_error)) from None
         host = self._host(scan.hosts, head.scheme, target, version)
         port = head.server[1]
         sni = head.sni.lower().rstrip(".") if head.scheme == "https" and head.sni else None
@@ -797,8 +799,8 @@ class Router:
                 d.vars.expand(proxy_pass) if "$" in proxy_pass else proxy_pass
             )
             pool = self._pool_for(d.proxy)
-        except ValueError as e:
-            raise _Refuse(502, str(e)) from None
+        except ValueError as proxy_error:
+            raise _Refuse(502, str(proxy_error)) from None
         if d._vars is not None:
             d._vars.proxy_host = d.proxy.authority
         if location.split is None and location.sticky_cookie is None:
