@@ -118,7 +118,9 @@ async def run(args: argparse.Namespace) -> None:
     router, what = router_for(BACKENDS, PORT, args.router)
     rig = Rig(router)
     rig.check()
-    print(f"router: {what}")
+    from lbkit.compiled import active
+
+    print(f"router: {what}; request path {'compiled (make fast)' if active() else 'pure Python'}")
     print(f"upstream request:\n  {rig.ups[0].transport.sent!r}")  # type: ignore[union-attr]
     print(f"client answer:\n  {rig.client_tx.sent!r}")
     per_request_us(rig, 2000, 1)  # warm-up: caches filled

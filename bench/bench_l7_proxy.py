@@ -11,9 +11,11 @@ and after the measured run, divided by the requests wrk completed).
 
 lbkit's proxy routes with the real router (``lbkit.l7.router``) when it is
 there, else with the stand-in from ``tests/_l7_stub.py``; the table says
-which. A blind TCP relay (``bench/relay_proxy.py``: an L4 proxy at the socket
-level, bytes copied unread) runs beside them as the floor: what uvloop and the
-kernel cost with no HTTP work at all. ``--profile`` records lbkit's proxy
+which, and whether the request path ran compiled (``make fast``, see
+:mod:`lbkit.compiled`) or as Python (``make pure``). A blind TCP relay
+(``bench/relay_proxy.py``: an L4 proxy at the socket level, bytes copied
+unread) runs beside them as the floor: what uvloop and the kernel cost with
+no HTTP work at all. ``--profile`` records lbkit's proxy
 with py-spy during an extra wrk run (an SVG flame graph, plus the hottest
 functions printed). Every process
 started here is stopped by its pid at the end; traffic stays on 127.0.0.1.
@@ -194,12 +196,14 @@ def router_for(addresses: list[str], port: int, kind: str = "auto") -> tuple[obj
 def serve_lbkit(port: int, addresses: list[str], kind: str) -> None:
     import asyncio
 
+    from lbkit.compiled import active
     from lbkit.l7.model import Limits
     from lbkit.l7.proxy import serve_proxy
     from lbkit.lab.roles.runner import loop_factory
 
     router, what = router_for(addresses, port, kind)
-    print(what, file=sys.stderr, flush=True)
+    build = "compiled by mypyc (make fast)" if active() else "pure Python"
+    print(f"{what}, request path {build}", file=sys.stderr, flush=True)
     main = serve_proxy(router, [(IP, port)], admin=None, limits=Limits(), access_log=False)
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory()) as r:
         r.run(main)

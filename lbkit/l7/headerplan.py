@@ -19,6 +19,7 @@ request only encodes the client's fields it forwards.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from .headers import NOT_FORWARDED, Headers, RequestVars
 
@@ -130,7 +131,7 @@ class HeaderPlan:
 
 #: Distinct sets of default values whose rendered fields a plan remembers (lbkit's TOML
 #: defaults carry the client's address, so a busy router sees many).
-FIXED_CACHE = 1024
+FIXED_CACHE: Final = 1024
 
 
 def render(headers: Headers) -> bytes:

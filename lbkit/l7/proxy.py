@@ -98,7 +98,7 @@ class ClientConnection:
     It is an asyncio protocol (``connection_made``, ``data_received``...) without
     subclassing ``asyncio.Protocol``: the event loop calls the methods by name, and
     a class with no Python base compiles to a native class under mypyc
-    (``bench/bench_l7_mypyc.py``). ``__slots__`` names every attribute: a little
+    (``make fast``, :mod:`lbkit.compiled`). ``__slots__`` names every attribute: a little
     faster, and a typo fails loudly.
     """
 

@@ -29,7 +29,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from lbkit.algorithms import Backend, Flow
 
@@ -57,14 +57,14 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PROXY_PASS = re.compile(r"(?i)(https?)://([^/?#]+)(.*)")
 ALLOW = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
 HASHED = ("ring_hash", "maglev")
-_NO_BODY: tuple[str, int | None] = ("none", 0)
+_NO_BODY: Final[tuple[str, int | None]] = ("none", 0)
 #: Methods known to be tokens and allowed: no regex for them.
-_COMMON_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
+_COMMON_METHODS: Final = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
 #: Header names already checked to be tokens (RFC 9110 §5.1); bounded, since clients choose them.
 _TOKEN_NAMES: set[str] = set()
 _TOKEN_NAMES_MAX = 4096
 #: The names the router looks at, by length (a cheap first test before lower()).
-_SPECIAL_LENGTHS = frozenset((4, 6, 10, 14, 17))
+_SPECIAL_LENGTHS: Final = frozenset((4, 6, 10, 14, 17))
 
 
 @dataclass(slots=True)
@@ -105,7 +105,7 @@ def _bad(reason: str) -> _Refuse:
 
 
 #: Distinct (Host, port) pairs remembered by Router._server before the cache starts over.
-SERVER_CACHE_SIZE = 1024
+SERVER_CACHE_SIZE: Final = 1024
 
 
 @dataclass(frozen=True)

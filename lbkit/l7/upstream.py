@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 from httptools import HttpParserError, HttpResponseParser
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 #: RFC 9110 §7.6.1 (and the obsolete Proxy-Connection, RFC 9112 §C.2.2): fields
 #: for one hop only, never forwarded.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -39,10 +39,10 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-MAX_HEAD = 64 * 1024  # a response head longer than this is refused (nginx proxy_buffer_size)
-_SPECIAL_LENGTHS = frozenset(len(n) for n in [*HOP_BY_HOP, b"content-length"])
-_COLON = b": "
-_CRLF = b"\r\n"
+MAX_HEAD: Final = 64 * 1024  # a response head longer than this is refused (nginx proxy_buffer_size)
+_SPECIAL_LENGTHS: Final = frozenset(len(n) for n in [*HOP_BY_HOP, b"content-length"])
+_COLON: Final = b": "
+_CRLF: Final = b"\r\n"
 
 
 class ResponseSink(Protocol):

@@ -10,37 +10,47 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 from .retry import OUTCOMES
 
-KEEP_BODY = 64 * 1024  # a request body up to this size is kept for a retry; larger never retried
-BUFFER_HIGH = 256 * 1024  # body bytes waiting for an upstream before the client is paused
-MAX_PIPELINE = 16  # requests waiting behind the active one before the client is paused
-LINGER_SECONDS = 2.0  # after a last answer, read and discard for this long (nginx lingering_close)
+#: A request body up to this size is kept for a retry; a larger one is never retried.
+KEEP_BODY: Final = 64 * 1024
+BUFFER_HIGH: Final = 256 * 1024  # body bytes waiting for an upstream before the client is paused
+MAX_PIPELINE: Final = 16  # requests waiting behind the active one before the client is paused
+#: After a last answer, read and discard for this long (nginx lingering_close).
+LINGER_SECONDS: Final = 2.0
 #: The statuses proxy_next_upstream can name (``http_*`` outcomes of lbkit.l7.retry).
-RETRY_STATUSES = frozenset(int(o[5:]) for o in OUTCOMES if o.startswith("http_"))
+RETRY_STATUSES: Final = frozenset(int(o[5:]) for o in OUTCOMES if o.startswith("http_"))
 
-_EMPTY: frozenset[str] = frozenset()
-_CRLF = b"\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_CLOSE = b"Connection: close\r\n"
-_KEEP = b"Connection: keep-alive\r\n"
-_CHUNKED = b"Transfer-Encoding: chunked\r\n"
+_EMPTY: Final[frozenset[str]] = frozenset()
+_CRLF: Final = b"\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CLOSE: Final = b"Connection: close\r\n"
+_KEEP: Final = b"Connection: keep-alive\r\n"
+_CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
 #: host, cookie, expect, connection, content-length, transfer-encoding
-_REQ_SPECIAL_LENGTHS = frozenset({4, 6, 10, 14, 17})
+_REQ_SPECIAL_LENGTHS: Final = frozenset({4, 6, 10, 14, 17})
 
 # client parser states
-P_IDLE, P_HEAD, P_BODY = 0, 1, 2
+P_IDLE: Final = 0
+P_HEAD: Final = 1
+P_BODY: Final = 2
 # reasons to pause reading a client
-PAUSE_UPSTREAM, PAUSE_PIPELINE, PAUSE_BUFFER = 1, 2, 4
+PAUSE_UPSTREAM: Final = 1
+PAUSE_PIPELINE: Final = 2
+PAUSE_BUFFER: Final = 4
 # how a request body goes upstream (decision.request_framing)
-F_NONE, F_LENGTH, F_CHUNKED = 0, 1, 2
-_FRAMINGS = {"none": F_NONE, "length": F_LENGTH, "chunked": F_CHUNKED}
-_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
-_REJECTED = object()  # a route() result without return_answer: a Reject
-_NO_BYTES: list[bytes] = []  # shared empty default, never appended to
+F_NONE: Final = 0
+F_LENGTH: Final = 1
+F_CHUNKED: Final = 2
+_FRAMINGS: Final = {"none": F_NONE, "length": F_LENGTH, "chunked": F_CHUNKED}
+_METHODS: Final = {
+    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
+}
+_REJECTED: Final = object()  # a route() result without return_answer: a Reject
+_NO_BYTES: Final[list[bytes]] = []  # shared empty default, never appended to
 
 
 def _status_line(status: int, reason: bytes = b"") -> bytes:
@@ -51,7 +61,7 @@ def _status_line(status: int, reason: bytes = b"") -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
 
 
-_STATUS_LINES = {s.value: _status_line(s.value) for s in HTTPStatus if s.value >= 200}
+_STATUS_LINES: Final = {s.value: _status_line(s.value) for s in HTTPStatus if s.value >= 200}
 
 _date_cache = [0, b""]
 
