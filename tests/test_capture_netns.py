@@ -93,19 +93,24 @@ def end(proc: subprocess.Popen) -> None:
 
 @needs_root_and_tcpdump
 def test_http_request_seen_on_client_and_server(pair, tmp_path):
-    """Both hosts record the S, S., . handshake and the HTTP GET of one curl request."""
+    """Both hosts record the S, S., . handshake and the HTTP GET of one curl request.
+
+    Those are the first four packets on each side, so each tcpdump stops by itself after
+    four (``count``): stopping it with a signal right after curl could lose packets it had
+    not read yet, when the machine is busy."""
     a, b = pair
     server = subprocess.Popen([*in_ns(b), sys.executable, "-c", SERVER], stdout=subprocess.PIPE)
     try:
         assert read_line(server, 10) == "ready"
         hosts = {"client": in_ns(a), "api1": in_ns(b)}
         eth0 = {"client": "eth0", "api1": "eth0"}
-        with Capture(hosts, tmp_path, interfaces=eth0, filter=f"tcp port {PORT}") as cap:
+        with Capture(hosts, tmp_path, interfaces=eth0, filter=f"tcp port {PORT}", count=4) as cap:
             url = f"http://{B_IP}:{PORT}/echo"
             curl = [*in_ns(a), "curl", "-sS", "--max-time", "5", url]
             reply = subprocess.run(curl, capture_output=True, timeout=15)
             assert reply.stdout == b"ok", reply.stderr
-        rows = merge_pcaps(cap.paths)
+            paths = cap.wait(timeout=10)
+        rows = merge_pcaps(paths)
     finally:
         end(server)
     assert handshake(rows, A_IP, B_IP, PORT) == {
