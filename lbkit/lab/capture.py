@@ -10,7 +10,10 @@ which is its own (``start_new_session``), so a prefix that forks is fine too.
 tcpdump options (tcpdump(8)): ``-U`` writes each packet to the file as it is
 captured, ``--immediate-mode`` delivers packets from the kernel without the
 TPACKET_V3 block buffering (libpcap ``pcap-linux.c``), so a capture stopped
-right after the traffic still holds it; ``-n`` keeps names out of it.
+right after the traffic normally holds it; ``-n`` keeps names out of it. On a
+busy machine a tcpdump may not have read the last packets when ``stop()``
+signals it, and those are lost: when every packet matters, give ``count``
+and let :meth:`Capture.wait` return once each tcpdump has them.
 """
 
 from __future__ import annotations
