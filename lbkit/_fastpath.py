@@ -33,6 +33,7 @@ MODULES = (
     "lbkit.l7.headers",
     "lbkit.l7.pools",
     "lbkit.l7.retry",
+    "lbkit.algorithms._base",
     "lbkit.algorithms._smooth",
     "lbkit.algorithms.weighted_round_robin",
     "lbkit.health.passive",

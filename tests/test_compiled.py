@@ -88,6 +88,7 @@ def test_the_l7_tests_pass_on_the_compiled_request_path(compiled_copy):
     assert run(compiled_copy, [sys.executable, "-c", ACTIVE]).returncode == 0, "not compiled"
     tests = sorted(f"tests/{p.name}" for p in (compiled_copy / "tests").glob("test_l7_*.py"))
     tests.append("tests/test_lab_l7.py")  # the lab's albs run the compiled router
+    tests += ["tests/test_algorithms_common.py", "tests/test_algorithms_nginx.py"]  # _base
     done = run(
         compiled_copy,
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],

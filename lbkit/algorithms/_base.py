@@ -24,16 +24,29 @@ the backends that may take a new flow right now and returns one of them.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
+
+_T = TypeVar("_T")
+
+try:  # mypy brings it; `make fast` (lbkit.compiled) compiles this module with mypyc
+    from mypy_extensions import mypyc_attr
+except ImportError:  # nothing is compiled without mypy: the mark has nothing to say
+
+    def mypyc_attr(*attrs: str, **kwattrs: Any) -> Callable[[_T], _T]:  # type: ignore[misc]
+        return lambda cls: cls
+
 
 State = Literal["up", "down", "drain"]
 STATES: tuple[str, ...] = ("up", "down", "drain")
 
 
-class NoBackendAvailable(RuntimeError):
-    """Every backend is down, draining or at its ``max_conns``."""
+class NoBackendAvailable(Exception):
+    """Every backend is down, draining or at its ``max_conns``.
+
+    (An ``Exception``, not a ``RuntimeError``: mypyc compiles no class derived from
+    most built-in exception types, and this module is compiled by ``make fast``.)"""
 
 
 @dataclass(eq=False)
@@ -85,6 +98,7 @@ class Flow:
         ).encode()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled, the algorithms in Python subclass it
 class Balancer:
     """Base class: backend bookkeeping and the common semantics above.
 
