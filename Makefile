@@ -55,7 +55,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 test: $(STAMP) system-deps lint ## everything: ruff, unit tests, notebooks (nbval); in CI a skip fails the run
 	@$(BIN)/python -m pytest --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)
 
-fast: $(STAMP) ## compile the L7 request path with mypyc (opt-in; the same code, about 30% less Python time)
+fast: $(STAMP) ## compile the L7 request path with mypyc (opt-in; the same code, about a fifth less CPU)
 	@$(BIN)/python -m lbkit.compiled build --log $(VENV)/compiled.log
 
 pure: ## remove the compiled build: the Python modules run again

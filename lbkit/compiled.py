@@ -7,8 +7,9 @@ by mypyc, mypy's compiler for annotated Python, into C extensions placed
 beside their sources: ``make fast`` (``python -m lbkit.compiled build``).
 ``make pure`` (``python -m lbkit.compiled remove``) takes them away again.
 Nothing else changes: the same source, the same tests (``tests/test_compiled.py``
-runs the L7 tests on a compiled copy), about 30% less time per request in
-process and 5-20% less CPU per request under wrk (docs/benchmarks.md).
+runs the L7 tests on a compiled copy), about a third less time per request in
+process and a fifth to a quarter less CPU per request under wrk, which meets
+issue 5's speed targets (docs/benchmarks.md).
 
 Python imports an extension before a ``.py`` of the same name, so a compiled
 module would hide later edits to its source: :func:`lbkit._fastpath.guard`
