@@ -37,6 +37,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_l7_proxy import IP, router_for  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tests"))
+from _l7_stub import FakeTransport  # noqa: E402
+
 from lbkit.l7.model import Limits  # noqa: E402
 from lbkit.l7.proxy import ClientConnection, Proxy  # noqa: E402
 from lbkit.l7.upstream import UpstreamConnection  # noqa: E402
@@ -50,26 +53,6 @@ RESPONSE = (
     b"Content-Type: application/octet-stream\r\nContent-Length: 2\r\n"
     b"Connection: keep-alive\r\n\r\nok"
 )
-
-
-class FakeTransport(asyncio.Transport):
-    """Records writes; ``sent`` is the last one."""
-
-    def __init__(self, peer: tuple[str, int], sock: tuple[str, int]) -> None:
-        super().__init__()
-        self.sent = b""
-        self.writes = 0
-        self._extra = {"peername": peer, "sockname": sock}
-
-    def get_extra_info(self, name, default=None):
-        return self._extra.get(name, default)
-
-    def write(self, data) -> None:
-        self.sent = data
-        self.writes += 1
-
-    def is_closing(self) -> bool:
-        return False
 
 
 class Rig:
@@ -94,11 +77,11 @@ class Rig:
             if up.sink is not None:
                 up.data_received(RESPONSE)
                 return
-        raise RuntimeError(f"no upstream request sent; the client got {self.client_tx.sent!r}")
+        raise RuntimeError(f"no upstream request sent; the client got {self.client_tx.last!r}")
 
     def check(self) -> None:
         self.one()
-        got = self.client_tx.sent
+        got = self.client_tx.last
         if not got.startswith(b"HTTP/1.1 200 OK\r\n") or not got.endswith(b"\r\n\r\nok"):
             raise RuntimeError(f"unexpected answer: {got!r}")
 
@@ -121,8 +104,8 @@ async def run(args: argparse.Namespace) -> None:
     from lbkit.compiled import active
 
     print(f"router: {what}; request path {'compiled (make fast)' if active() else 'pure Python'}")
-    print(f"upstream request:\n  {rig.ups[0].transport.sent!r}")  # type: ignore[union-attr]
-    print(f"client answer:\n  {rig.client_tx.sent!r}")
+    print(f"upstream request:\n  {rig.ups[0].transport.last!r}")  # type: ignore[union-attr]
+    print(f"client answer:\n  {rig.client_tx.last!r}")
     per_request_us(rig, 2000, 1)  # warm-up: caches filled
     us = per_request_us(rig, args.requests, args.repeat)
     print(f"{us:.2f} us per request in Python + llhttp (best of {args.repeat} x {args.requests})")

@@ -11,9 +11,11 @@ picked.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
+from lbkit.l7.headers import field_lines
 from lbkit.l7.router import RequestHead
 
 HOP_BY_HOP = frozenset(
@@ -83,8 +85,7 @@ class Decision:
         return out
 
     def upstream_head(self, backend: Backend) -> bytes:
-        fields = "".join(f"{k}: {v}\r\n" for k, v in self.upstream_headers(backend))
-        return self.request_line(backend) + fields.encode("latin-1")
+        return self.request_line(backend) + field_lines(self.upstream_headers(backend))
 
     def pick(self, now: float, exclude: frozenset[str]) -> Backend | None:
         return self._router.pick(exclude)
@@ -159,3 +160,45 @@ class StubRouter:
 
     def stats(self) -> dict:
         return {"routed": self.routed, "active": dict(self.active)}
+
+
+class FakeTransport(asyncio.Transport):
+    """A transport with no socket, for driving the proxy's protocols directly.
+
+    ``last`` is the latest write and ``writes`` their count; with ``keep=True``,
+    ``sent`` holds everything written. Closing does nothing.
+    """
+
+    def __init__(
+        self,
+        peer: tuple[str, int] = ("127.0.0.1", 40000),
+        sock: tuple[str, int] = ("127.0.0.1", 8080),
+        *,
+        keep: bool = False,
+    ) -> None:
+        super().__init__()
+        self.last = self.sent = b""
+        self.writes = 0
+        self.keep = keep
+        self._extra = {"peername": peer, "sockname": sock}
+
+    def get_extra_info(self, name, default=None):
+        return self._extra.get(name, default)
+
+    def write(self, data) -> None:
+        self.last = data
+        self.writes += 1
+        if self.keep:
+            self.sent += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return False

@@ -369,23 +369,24 @@ def test_header_plan_equals_compose(client, defaults, values, set_headers):
 def test_header_plan_lines_are_its_list_rendered(client, defaults, values, set_headers, nginx):
     """HeaderPlan.lines (the bytes the proxy sends) is build()'s list as header lines, the
     first time and again from its remembered part."""
-    from lbkit.l7.headerplan import HeaderPlan, render
+    from lbkit.l7.headerplan import HeaderPlan
+    from lbkit.l7.headers import field_lines
 
     variables = RequestVars("GET", "/", "/", None, "h.example", client, *CLIENT, *LOCAL)
     default_fields = tuple(zip(defaults, values, strict=False))
     plan = HeaderPlan(defaults, set_headers, nginx=nginx)
     connection = any(n.lower() == "connection" for n, _ in client)
-    expected = render(plan.build(client, default_fields, lambda: variables, connection))
+    expected = field_lines(plan.build(client, default_fields, lambda: variables, connection))
     assert plan.lines(client, default_fields, lambda: variables, connection) == expected
     assert plan.lines(client, default_fields, lambda: variables, connection) == expected
-    assert plan.lines([], default_fields, lambda: variables, False) == render(
+    assert plan.lines([], default_fields, lambda: variables, False) == field_lines(
         plan.build([], default_fields, lambda: variables, False)
     )
 
 
 def test_upstream_head_is_request_line_and_fields():
     """Decision.upstream_head is request_line + upstream_headers rendered, asked either way."""
-    from lbkit.l7.headerplan import render
+    from lbkit.l7.headers import field_lines
 
     up = Upstream("api", [UpstreamServer("10.0.1.10:80")])
     loc = Location("/", proxy_pass="http://api", set_headers=[("X-Real-IP", "$remote_addr")])
@@ -397,7 +398,7 @@ def test_upstream_head_is_request_line_and_fields():
         first = router.route(head, 0.0)
         backend = first.pick(0.0)
         got = first.upstream_head(backend)
-        assert got == first.request_line(backend) + render(first.upstream_headers(backend))
+        assert got == first.request_line(backend) + field_lines(first.upstream_headers(backend))
         second = router.route(RequestHead("GET", "/p?q=1", "1.1", fields, CLIENT, LOCAL), 0.0)
         listed = second.upstream_headers(backend)
         assert second.upstream_head(backend) == got

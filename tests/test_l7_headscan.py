@@ -18,31 +18,9 @@ from lbkit.l7.model import Limits
 from lbkit.l7.proxy import ClientConnection, Proxy
 from lbkit.l7.router import HeadScan, Reject
 
+from ._l7_stub import FakeTransport
+
 FIELDS = ("connection", "content_length", "cookie", "hosts", "transfer_encoding")
-
-
-class Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent = b""
-
-    def get_extra_info(self, name, default=None):
-        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(name)
-
-    def write(self, data) -> None:
-        self.sent += data
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def can_write_eof(self) -> bool:
-        return False
 
 
 class Recorder:
@@ -69,7 +47,7 @@ def scans(raw: bytes) -> tuple[HeadScan, HeadScan]:
         router = Recorder()
         proxy = Proxy(router, Limits(), access_log=False)
         conn = ClientConnection(proxy)
-        conn.connection_made(Transport())
+        conn.connection_made(FakeTransport())
         conn.data_received(raw)
         await proxy.health.stop()
         (head,) = router.heads

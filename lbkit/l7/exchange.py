@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .headers import field_lines
 from .model import Limits
 from .retry import idempotent
 from .wire import (
@@ -391,7 +392,7 @@ class Exchange:
         parts = [_STATUS_LINES.get(status) or _status_line(status), *up.headers]
         extra = self.decision.response_headers(self.backend)
         if extra:
-            parts.append("".join([f"{k}: {v}\r\n" for k, v in extra]).encode("latin-1"))
+            parts.append(field_lines(extra))
         if up.length is None and not self.is_head and status not in (204, 304):
             if self.http10:
                 self.keep_alive = False  # delimited by the close (RFC 9112 §6.3)

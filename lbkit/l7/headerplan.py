@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from .headers import NOT_FORWARDED, Headers, RequestVars
+from .headers import NOT_FORWARDED, Headers, RequestVars, field_lines
 
 
 def _host_first(field: tuple[str, str]) -> bool:
@@ -118,22 +118,17 @@ class HeaderPlan:
         tokens of the client's Connection dropped) renders :meth:`build`'s list instead.
         """
         if self.templated or self.sort_host or (connection and self.hop_by_hop):
-            return render(self.build(client, defaults, variables, connection))
+            return field_lines(self.build(client, defaults, variables, connection))
         fixed = self._fixed.get(defaults)
         if fixed is None:
             if len(self._fixed) >= FIXED_CACHE:
                 self._fixed.clear()
-            fixed = self._fixed[defaults] = render(self.build((), defaults, variables, False))
+            fixed = self._fixed[defaults] = field_lines(self.build((), defaults, variables, False))
         drop = self.drop
-        rest = [f"{k}: {v}\r\n" for k, v in client if k.lower() not in drop]
-        return fixed + "".join(rest).encode("latin-1") if rest else fixed
+        rest = [f for f in client if f[0].lower() not in drop]
+        return fixed + field_lines(rest) if rest else fixed
 
 
 #: Distinct sets of default values whose rendered fields a plan remembers (lbkit's TOML
 #: defaults carry the client's address, so a busy router sees many).
 FIXED_CACHE: Final = 1024
-
-
-def render(headers: Headers) -> bytes:
-    """Header lines for ``headers``: ``Name: value\\r\\n`` each, latin-1 (RFC 9112 §5)."""
-    return "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1")

@@ -21,6 +21,13 @@ from dataclasses import dataclass, field
 
 Headers = list[tuple[str, str]]
 
+
+def field_lines(fields: Iterable[tuple[str, str]]) -> bytes:
+    """Header lines, ``Name: value\\r\\n`` each, in latin-1 (RFC 9112 §5): how the proxy
+    writes every field list it sends (upstream requests, answers, its own errors)."""
+    return "".join([f"{k}: {v}\r\n" for k, v in fields]).encode("latin-1")
+
+
 #: RFC 9110 §7.6.1 (and Trailer, from RFC 2616 §13.5.1's older list).
 HOP_BY_HOP = frozenset(
     (

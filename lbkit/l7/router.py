@@ -34,11 +34,12 @@ from typing import Final, NamedTuple
 from lbkit.algorithms import Backend, Flow
 
 from .canary import to_canary
-from .headerplan import HeaderPlan, render
+from .headerplan import HeaderPlan
 from .headers import (
     BadFraming,
     Headers,
     RequestVars,
+    field_lines,
     framing_of,
     in_networks,
     joined,
@@ -411,7 +412,7 @@ class Decision:
         the request line, then one ``Name: value\\r\\n`` line per field (the blank line that
         ends the head, and a ``Transfer-Encoding`` for a chunked body, are the adapter's)."""
         if self._headers is not None:  # asked for as a list already: the same list
-            return self.request_line(backend) + render(self._headers)
+            return self.request_line(backend) + field_lines(self._headers)
         return self.request_line(backend) + self._router._upstream_lines(self)
 
     # ------------------------------------------------------------ attempts

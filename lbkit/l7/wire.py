@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any, Final
 
+from .headers import field_lines
 from .retry import OUTCOMES
 
 #: A request body up to this size is kept for a retry; a larger one is never retried.
@@ -92,7 +93,7 @@ def render_local(
         b"Server: lbkit\r\nDate: %s\r\n" % http_date(),
         b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
     ]
-    parts.extend(f"{k}: {v}\r\n".encode("latin-1") for k, v in extra)
+    parts.append(field_lines(extra))
     if not keep_alive:
         parts.append(_CLOSE)
     elif http10:
